@@ -1,0 +1,212 @@
+"""Talking to the workers (and the stats process) from an asyncio process.
+
+Used by the front and the ingest; they share the same routing and the same
+back-pressure so that both paths keep the same promises.
+
+``Peer`` is one DEALER connected to one ROUTER (a worker or the stats
+process): many requests in flight, each matched to its reply by request id,
+each with a timeout. ``WorkerPool`` routes events by partition to their
+worker's ``Peer`` and merges the answers.
+
+Back-pressure, so that memory stays bounded and overload is said, not hidden:
+- a worker with more than ``limits.max_inflight_events`` unacknowledged
+  events gets no more: ``Overloaded`` (503 / ERR overload);
+- a worker that is not connected (``IMMEDIATE``: nothing is queued for a
+  peer that is not there): ``Unavailable`` at once;
+- a worker that does not answer within ``limits.ack_timeout_s``:
+  ``Unavailable``. Whatever it did commit is a duplicate when resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import zmq
+import zmq.asyncio
+
+from . import protocol
+from .events import WireEvent
+from .partition import owner_of, partition_of
+
+log = logging.getLogger("agg.dispatch")
+
+
+class Unavailable(Exception):
+    """A peer is down or did not answer in time; nothing is acknowledged."""
+
+
+class Overloaded(Exception):
+    """Too much is in flight already; the caller should retry later."""
+
+
+class PeerError(Exception):
+    """A peer answered ERR."""
+
+    def __init__(self, code: str, reason: str, errors: Any = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.errors = errors or []
+
+
+class Peer:
+    """One DEALER to one ROUTER, with request ids and timeouts."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, name: str) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # Queue nothing for a peer that is not connected: fail fast instead.
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 100000)
+        self.sock.setsockopt(zmq.RCVHWM, 100000)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.sock.connect(endpoint)
+        self.ids = itertools.count(1)
+        self.pending: Dict[int, asyncio.Future] = {}
+        self.inflight_events = 0
+        self.task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._receive())
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                kind, body = protocol.decode(frames)
+                req_id, ok, payload = protocol.split_reply(kind, body)
+            except protocol.ProtocolError as exc:
+                log.warning("bad reply from %s: %s", self.name, exc)
+                continue
+            future = self.pending.pop(req_id, None)
+            if future is None or future.done():
+                continue  # the request timed out already; its caller has answered
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(PeerError(*payload))
+
+    async def request(self, kind: bytes, data: Any, timeout: float, weight: int = 0) -> Any:
+        req_id = next(self.ids)
+        future = asyncio.get_running_loop().create_future()
+        try:
+            await self.sock.send_multipart(protocol.encode(kind, [req_id, data]),
+                                           flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise Unavailable(f"{self.name} is not connected") from None
+        self.pending[req_id] = future
+        self.inflight_events += weight
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"{self.name} did not answer within {timeout:g} s") from None
+        finally:
+            self.pending.pop(req_id, None)
+            self.inflight_events -= weight
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"{self.name}: shutting down"))
+        self.sock.close()
+
+
+def encode_cursor(position: Dict[int, int]) -> str:
+    return base64.urlsafe_b64encode(protocol.pack(position)).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Dict[int, int]:
+    """The per-partition positions of a cursor, or ValueError."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        position = protocol.unpack(raw)
+    except (binascii.Error, ValueError, TypeError, Exception):
+        raise ValueError("not a cursor returned by GET /events") from None
+    if not isinstance(position, dict) or not all(
+            isinstance(k, int) and isinstance(v, int) and k >= 0 and v >= 0
+            for k, v in position.items()):
+        raise ValueError("not a cursor returned by GET /events")
+    return position
+
+
+class WorkerPool:
+    """Routes events to the worker that owns their partition."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, config: Any) -> None:
+        self.config = config
+        self.partitions = config.partitions
+        self.peers = [Peer(ctx, endpoint, f"worker {i}")
+                      for i, endpoint in enumerate(config.worker_endpoints())]
+        self.timeout = config.limits_ack_timeout_s
+        self.max_inflight = config.limits_max_inflight_events
+
+    def start(self) -> None:
+        for peer in self.peers:
+            peer.start()
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.close()
+
+    def inflight(self) -> List[int]:
+        return [peer.inflight_events for peer in self.peers]
+
+    async def store(self, events: Sequence[WireEvent]) -> bytes:
+        """Commit ``events``; return one status byte per event (1 stored, 0 duplicate)."""
+        groups: Dict[int, Tuple[List[int], List[List[Any]]]] = {}
+        partitions, workers = self.partitions, len(self.peers)
+        for position, (topic, event_id, timestamp, source, payload) in enumerate(events):
+            p = partition_of(topic, partitions)
+            group = groups.get(owner_of(p, workers))
+            if group is None:
+                group = groups[owner_of(p, workers)] = ([], [])
+            group[0].append(position)
+            group[1].append([p, topic, event_id, timestamp, source, payload])
+        for w, (_positions, batch) in groups.items():
+            peer = self.peers[w]
+            if peer.inflight_events + len(batch) > self.max_inflight and peer.inflight_events:
+                raise Overloaded(f"{peer.name} has {peer.inflight_events} events in flight")
+        workers_used = list(groups)
+        results = await asyncio.gather(
+            *(self.peers[w].request(protocol.BATCH, groups[w][1], self.timeout, len(groups[w][1]))
+              for w in workers_used),
+            return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                if isinstance(result, PeerError) and result.code == protocol.ERR_INTERNAL:
+                    raise Unavailable(result.reason)
+                raise result
+        statuses = bytearray(len(events))
+        for w, result in zip(workers_used, results):
+            for position, status in zip(groups[w][0], result):  # type: ignore[arg-type]
+                statuses[position] = status
+        return bytes(statuses)
+
+    async def page(self, topic: Optional[str], position: Dict[int, int],
+                   limit: int) -> Tuple[List[List[Any]], Dict[int, int]]:
+        """Up to ``limit`` events after ``position`` in processing order, and the
+        position after them."""
+        if topic is None:
+            asked = list(range(len(self.peers)))
+        else:
+            asked = [owner_of(partition_of(topic, self.partitions), len(self.peers))]
+        query = {"topic": topic, "after": position, "limit": limit}
+        results = await asyncio.gather(
+            *(self.peers[w].request(protocol.QUERY, query, self.timeout) for w in asked))
+        rows = [row for result in results for row in result]
+        rows.sort(key=lambda row: (row[7], row[0], row[1]))
+        rows = rows[:limit]
+        after = dict(position)
+        for row in rows:
+            after[row[0]] = row[1]
+        return rows, after

@@ -1,0 +1,198 @@
+"""What an event is, and the one validation shared by the front and the ingest.
+
+An event is a mapping with five fields::
+
+    topic      non-blank string, at most limits.max_field_chars characters
+    event_id   same rules; (topic, event_id) identifies the event
+    timestamp  ISO 8601 date and time *with* a zone (Z or +hh:mm), kept as given
+    source     same rules as topic
+    payload    an object (JSON object / msgpack map with string keys), at most
+               limits.max_payload_bytes once encoded as JSON
+
+Other fields are ignored. ``validate_batch`` returns each event as a tuple
+``(topic, event_id, timestamp, source, payload_json)`` ready for the wire, or
+raises ``InvalidEvents`` listing every problem (index, field, reason), so that
+a request is refused whole and the publisher learns all that is wrong at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+
+import orjson
+
+FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
+STRING_FIELDS = ("topic", "event_id", "source")
+
+# Most errors reported for one request; the rest are summarised by a count.
+MAX_REPORTED_ERRORS = 100
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d{1,9})?)?"
+    r"(?:[Zz]|([+-])(\d{2}):?(\d{2}))\Z"
+)
+
+WireEvent = Tuple[str, str, str, str, bytes]
+
+
+class Limits(NamedTuple):
+    max_field_chars: int = 256
+    max_payload_bytes: int = 64 * 1024
+    max_batch_events: int = 10000
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Limits":
+        return cls(config.limits_max_field_chars, config.limits_max_payload_bytes,
+                   config.limits_max_batch_events)
+
+
+class EventError(NamedTuple):
+    index: Optional[int]
+    field: Optional[str]
+    reason: str
+
+    def to_json(self) -> dict:
+        out: dict = {}
+        if self.index is not None:
+            out["index"] = self.index
+        if self.field is not None:
+            out["field"] = self.field
+        out["message"] = self.reason
+        return out
+
+
+class InvalidEvents(Exception):
+    """One or more events of a request are invalid; nothing of it may be stored."""
+
+    def __init__(self, errors: List[EventError], total: Optional[int] = None) -> None:
+        self.errors = errors[:MAX_REPORTED_ERRORS]
+        self.total = len(errors) if total is None else total
+        first = errors[0]
+        where = f"event {first.index}: " if first.index is not None else ""
+        what = f"{first.field}: " if first.field else ""
+        more = f" (and {self.total - 1} more)" if self.total > 1 else ""
+        super().__init__(f"{where}{what}{first.reason}{more}")
+
+
+def check_timestamp(value: str) -> Optional[str]:
+    """Return why ``value`` is not an ISO 8601 timestamp with a zone, or None."""
+    match = _TIMESTAMP.match(value)
+    if match is None:
+        return ("must be an ISO 8601 date and time with a time zone, "
+                "like 2025-10-21T14:30:00Z or 2025-10-21T14:30:00+02:00")
+    year, month, day, hour, minute, second, _sign, zh, zm = match.groups()
+    try:
+        datetime.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                          int(second or 0))
+    except ValueError as exc:
+        return f"is not a valid date and time: {exc}"
+    if zh is not None and (int(zh) > 23 or int(zm) > 59):
+        return "has an invalid time zone offset"
+    return None
+
+
+def _check_string(value: Any, limit: int) -> Optional[str]:
+    if not isinstance(value, str):
+        return f"must be a string, got {_type_name(value)}"
+    if not value or value.isspace():
+        return "must not be empty"
+    if len(value) > limit:
+        return f"must be at most {limit} characters, got {len(value)}"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def validate_event(event: Any, limits: Limits, index: Optional[int],
+                   errors: List[EventError]) -> Optional[WireEvent]:
+    """Validate one event; append its problems to ``errors``; return its wire form."""
+    if not isinstance(event, dict):
+        errors.append(EventError(index, None, f"an event must be an object, got {_type_name(event)}"))
+        return None
+    start = len(errors)
+    for field in FIELDS:
+        if field not in event:
+            errors.append(EventError(index, field, "is required"))
+    if len(errors) > start:
+        return None
+    topic = event["topic"]
+    event_id = event["event_id"]
+    source = event["source"]
+    timestamp = event["timestamp"]
+    payload = event["payload"]
+    for field, value in (("topic", topic), ("event_id", event_id), ("source", source)):
+        problem = _check_string(value, limits.max_field_chars)
+        if problem:
+            errors.append(EventError(index, field, problem))
+    if not isinstance(timestamp, str):
+        errors.append(EventError(index, "timestamp", f"must be a string, got {_type_name(timestamp)}"))
+    elif len(timestamp) > 64:
+        errors.append(EventError(index, "timestamp", "must be at most 64 characters"))
+    else:
+        problem = check_timestamp(timestamp)
+        if problem:
+            errors.append(EventError(index, "timestamp", problem))
+    payload_json = b""
+    if not isinstance(payload, dict):
+        errors.append(EventError(index, "payload", f"must be an object, got {_type_name(payload)}"))
+    else:
+        try:
+            payload_json = orjson.dumps(payload)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            errors.append(EventError(index, "payload", f"cannot be encoded as JSON: {exc}"))
+        else:
+            if len(payload_json) > limits.max_payload_bytes:
+                errors.append(EventError(
+                    index, "payload",
+                    f"must be at most {limits.max_payload_bytes} bytes as JSON, got {len(payload_json)}"))
+    if len(errors) > start:
+        return None
+    return (topic, event_id, timestamp, source, payload_json)
+
+
+def validate_batch(items: Sequence[Any], limits: Limits, single: bool = False) -> List[WireEvent]:
+    """Validate every event of a request; raise InvalidEvents naming each problem."""
+    if len(items) > limits.max_batch_events:
+        raise InvalidEvents([EventError(None, "events", f"a batch holds at most "
+                                        f"{limits.max_batch_events} events, got {len(items)}")])
+    if not items:
+        raise InvalidEvents([EventError(None, "events", "the batch is empty")])
+    errors: List[EventError] = []
+    out: List[WireEvent] = []
+    for index, item in enumerate(items):
+        wire = validate_event(item, limits, None if single else index, errors)
+        if wire is not None:
+            out.append(wire)
+    if errors:
+        raise InvalidEvents(errors)
+    return out
+
+
+def events_of_body(body: Any) -> Tuple[Sequence[Any], bool]:
+    """Return ``(events, single)`` of a publish body: one event or {"events": [...]}."""
+    if isinstance(body, dict) and "events" in body and "topic" not in body:
+        events = body["events"]
+        if not isinstance(events, list):
+            raise InvalidEvents([EventError(None, "events",
+                                            f"must be an array, got {_type_name(events)}")])
+        return events, False
+    if isinstance(body, dict):
+        return [body], True
+    raise InvalidEvents([EventError(None, None, "the body must be one event object or "
+                                                f'{{"events": [...]}}, got {_type_name(body)}')])

@@ -1,0 +1,335 @@
+"""HTTP front: the Falcon ASGI app that keeps the seed's API, served by uvicorn.
+
+Binds:     TCP ``http.host``:``http.port`` (port 0: any free port, announced in READY).
+Connects:  a DEALER to every worker (``agg.dispatch.WorkerPool``), a DEALER to
+           the stats process, and a PUB to ``endpoints.stats_in`` for its own
+           counters (requests rejected, by reason).
+Owns:      nothing durable; every answer to POST /publish comes after commit.
+Stops:     on SIGTERM, after in-flight requests are answered (uvicorn's drain).
+
+Routes: POST /publish, GET /events, GET /stats, GET /health. Errors are
+Falcon's typed HTTP errors rendered as JSON ``{"title", "description"[, "errors"]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence
+
+import falcon
+import falcon.asgi
+import orjson
+import uvicorn
+import zmq
+import zmq.asyncio
+
+from . import config as configmod
+from . import lifecycle, protocol
+from .dispatch import (Overloaded, Peer, PeerError, Unavailable, WorkerPool, decode_cursor,
+                       encode_cursor)
+from .reporter import RejectReporter
+from .events import InvalidEvents, Limits, events_of_body, validate_batch
+
+log = logging.getLogger("agg.front")
+
+HTTPContentTooLarge = getattr(falcon, "HTTPContentTooLarge", None) or falcon.HTTPPayloadTooLarge
+
+# Rows per internal page while streaming a full GET /events.
+STREAM_PAGE = 1000
+
+
+class InvalidRequest(falcon.HTTPUnprocessableEntity):
+    """422 whose JSON body also lists every problem: ``errors: [{index, field, message}]``."""
+
+    def __init__(self, description: str, errors: Optional[List[dict]] = None) -> None:
+        super().__init__(title="Invalid request", description=description)
+        self.errors = errors or []
+
+    def to_dict(self, obj_type: Any = dict) -> Any:
+        body = super().to_dict(obj_type)
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+def unavailable(reason: str, retry_after: int) -> falcon.HTTPServiceUnavailable:
+    return falcon.HTTPServiceUnavailable(
+        title="Service unavailable", description=reason + "; nothing of this request was "
+        "acknowledged, resend it (duplicates are dropped)", retry_after=retry_after)
+
+
+def json_response(resp: falcon.asgi.Response, body: Any) -> None:
+    resp.data = orjson.dumps(body)
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def event_json(row: List[Any]) -> Dict[str, Any]:
+    _p, _seq, topic, event_id, timestamp, source, payload, received_at = row
+    return {"topic": topic, "event_id": event_id, "timestamp": timestamp, "source": source,
+            "payload": orjson.Fragment(payload), "received_at": received_at}
+
+
+class Backends:
+    """The front's sockets: opened at ASGI startup, closed at shutdown."""
+
+    def __init__(self, config: configmod.Config) -> None:
+        self.config = config
+        self.ctx: Optional[zmq.asyncio.Context] = None
+
+    async def process_startup(self, scope: Any, event: Any) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.pool = WorkerPool(self.ctx, self.config)
+        self.pool.start()
+        self.stats = Peer(self.ctx, self.config.endpoint("stats"), "stats")
+        self.stats.start()
+        self.reporter = RejectReporter(self.ctx, self.config, "front")
+
+    async def process_shutdown(self, scope: Any, event: Any) -> None:
+        self.reporter.close()
+        self.pool.close()
+        self.stats.close()
+        assert self.ctx is not None
+        self.ctx.term()
+
+    def reject(self, reason: str) -> None:
+        self.reporter.reject(reason)
+
+    async def ask_stats(self) -> Dict[str, Any]:
+        try:
+            return await self.stats.request(protocol.STATS, {}, min(self.config.limits_ack_timeout_s, 2.0))
+        except (Unavailable, PeerError) as exc:
+            raise unavailable(f"the stats process is not answering ({exc})",
+                              self.config.limits_retry_after_s) from None
+
+
+class Publish:
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        config = backends.config
+        self.limits = Limits.from_config(config)
+        self.max_body = config.limits_max_body_bytes
+        self.retry_after = config.limits_retry_after_s
+
+    async def read_body(self, req: falcon.asgi.Request) -> bytes:
+        if req.content_length is not None and req.content_length > self.max_body:
+            self.backends.reject("too_large")
+            raise HTTPContentTooLarge(title="Body too large", description=(
+                f"the body is {req.content_length} bytes; the limit is {self.max_body}"))
+        chunks: List[bytes] = []
+        size = 0
+        async for chunk in req.stream:
+            size += len(chunk)
+            if size > self.max_body:
+                self.backends.reject("too_large")
+                raise HTTPContentTooLarge(title="Body too large",
+                                          description=f"the body exceeds the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        raw = await self.read_body(req)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.backends.reject("invalid_json")
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        try:
+            items, single = events_of_body(body)
+            events = validate_batch(items, self.limits, single)
+        except InvalidEvents as exc:
+            self.backends.reject("invalid_event")
+            raise InvalidRequest(f"{exc}; nothing was stored",
+                                 [e.to_json() for e in exc.errors]) from None
+        try:
+            statuses = await self.backends.pool.store(events)
+        except (Overloaded, Unavailable) as exc:
+            raise unavailable(str(exc), self.retry_after) from None
+        stored = statuses.count(protocol.STORED)
+        json_response(resp, {"status": "accepted", "received": len(events), "queued": len(events),
+                             "stored": stored, "duplicates": len(events) - stored})
+
+
+class Events:
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        self.max_page = backends.config.limits_max_events_page
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        topic = req.get_param("topic") or None
+        limit = req.get_param_as_int("limit", min_value=1, max_value=self.max_page)
+        cursor = req.get_param("cursor")
+        position: Dict[int, int] = {}
+        if cursor:
+            try:
+                position = decode_cursor(cursor)
+            except ValueError as exc:
+                raise falcon.HTTPBadRequest(title="Invalid parameter",
+                                            description=f"cursor: {exc}") from None
+        pool = self.backends.pool
+        if limit is None:
+            # The whole listing, streamed page by page: never all in memory at once.
+            await self._first_check(topic, position)
+            resp.content_type = falcon.MEDIA_JSON
+            resp.stream = self._stream(topic, position)
+            return
+        try:
+            rows, after = await pool.page(topic, position, limit)
+        except (Unavailable, PeerError) as exc:
+            raise unavailable(f"cannot read events: {exc}", self.backends.config.limits_retry_after_s)
+        json_response(resp, {"count": len(rows), "events": [event_json(r) for r in rows],
+                             "next_cursor": encode_cursor(after), "has_more": len(rows) == limit})
+
+    async def _first_check(self, topic: Optional[str], position: Dict[int, int]) -> None:
+        """Fail with 503 before the 200 header is sent if a worker cannot answer."""
+        try:
+            await self.backends.pool.page(topic, position, 1)
+        except (Unavailable, PeerError) as exc:
+            raise unavailable(f"cannot read events: {exc}", self.backends.config.limits_retry_after_s)
+
+    async def _stream(self, topic: Optional[str], position: Dict[int, int]) -> AsyncIterator[bytes]:
+        count = 0
+        yield b'{"events":['
+        while True:
+            rows, position = await self.backends.pool.page(topic, position, STREAM_PAGE)
+            if rows:
+                chunk = b",".join(orjson.dumps(event_json(r)) for r in rows)
+                yield (b"," if count else b"") + chunk
+                count += len(rows)
+            if len(rows) < STREAM_PAGE:
+                break
+        yield b'],"count":' + str(count).encode() + b"}"
+
+
+class Stats:
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        summary = await self.backends.ask_stats()
+        summary["inflight_events"] = self.backends.pool.inflight()
+        json_response(resp, summary)
+
+
+class Health:
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        try:
+            summary = await self.backends.ask_stats()
+        except falcon.HTTPServiceUnavailable:
+            resp.status = falcon.HTTP_503
+            json_response(resp, {"status": "unhealthy", "missing": ["stats"]})
+            return
+        missing = [f"worker {i}" for i, w in summary["workers"].items() if not w["alive"]]
+        if missing:
+            resp.status = falcon.HTTP_503
+            json_response(resp, {"status": "unhealthy", "missing": missing,
+                                 "workers": summary["workers"]})
+        else:
+            json_response(resp, {"status": "healthy", "workers": summary["workers"]})
+
+
+def create_app(config: configmod.Config) -> falcon.asgi.App:
+    backends = Backends(config)
+    app = falcon.asgi.App(middleware=[backends])
+    app.add_route("/publish", Publish(backends))
+    app.add_route("/events", Events(backends))
+    app.add_route("/stats", Stats(backends))
+    app.add_route("/health", Health(backends))
+    return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, announcing READY once listening, and stopping on our signals."""
+
+    def __init__(self, config: uvicorn.Config, agg_config: configmod.Config, endpoint: str) -> None:
+        super().__init__(config)
+        self.agg_config = agg_config
+        self.endpoint = endpoint
+
+    async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            log.info("listening on %s", self.endpoint)
+            lifecycle.announce_ready(self.agg_config, "front", 0, self.endpoint)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def handle(signum: int, frame: Any) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handle)}
+        previous[signal.SIGINT] = signal.signal(
+            signal.SIGINT, signal.SIG_IGN if lifecycle.supervised() else handle)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        pass
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(config: configmod.Config) -> int:
+    try:
+        sock = bind_socket(config.http_host, config.http_port)
+    except OSError as exc:
+        log.error("cannot bind %s:%s: %s", config.http_host, config.http_port, exc.strerror)
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    endpoint = f"http://{shown}:{port}"
+    uv_config = uvicorn.Config(
+        create_app(config), lifespan="on", access_log=False, log_config=None,
+        log_level=config.log_level, timeout_graceful_shutdown=config.supervisor_grace_s,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11")
+    server = Server(uv_config, config, endpoint)
+    server.run(sockets=[sock])
+    log.info("stopped")
+    return 0
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="agg-front", description="run the agg HTTP front")
+    configmod.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = configmod.load(args)
+    except configmod.ConfigError as exc:
+        print(f"agg-front: config error: {exc}", file=sys.stderr)
+        return 2
+    lifecycle.setup_logging("front", config.log_level)
+    return run(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

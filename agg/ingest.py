@@ -1,0 +1,196 @@
+"""Native ingest: msgpack batches over ZeroMQ, acknowledged after commit.
+
+Binds:     ROUTER at ``ingest.endpoint`` (default tcp://127.0.0.1:5555; port 0
+           picks a free one, announced in READY). Publishers connect a DEALER
+           and may keep many batches in flight; every batch gets exactly one
+           answer, matched by its request id.
+Connects:  a DEALER to every worker (``agg.dispatch.WorkerPool``, the same
+           routing and back-pressure as the HTTP front) and a PUB to
+           ``endpoints.stats_in`` for its reject counters.
+Owns:      nothing durable.
+Stops:     on SIGTERM, after answering the batches in flight.
+
+Frames (see ``agg.protocol``; the README spells them out for other languages)::
+
+    publisher -> agg:  [b"agg1", b"B", msgpack([req_id, [event, ...]])]
+                       event = {"topic", "event_id", "timestamp", "source", "payload"}
+    agg -> publisher:  [b"agg1", b"K", msgpack([req_id, statuses])]
+                       statuses: bytes, one per event, 1 stored / 0 duplicate
+                   or  [b"agg1", b"E", msgpack([req_id, code, reason, [[index, field, reason], ...]])]
+
+A message larger than ``limits.max_frame_bytes`` closes that publisher's
+connection (ZeroMQ's MAXMSGSIZE); anything else malformed gets an ERR frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, List, Optional, Sequence, Set
+
+import zmq
+import zmq.asyncio
+
+from . import config as configmod
+from . import lifecycle, protocol
+from .dispatch import Overloaded, Unavailable, WorkerPool
+from .events import InvalidEvents, Limits, validate_batch
+from .reporter import RejectReporter
+
+log = logging.getLogger("agg.ingest")
+
+# Batches being handled at once; past it a batch is answered ERR overload at once.
+MAX_CONCURRENT_BATCHES = 256
+
+
+def configure_curve(ctx: zmq.asyncio.Context, sock: zmq.Socket, config: Any) -> Optional[Any]:
+    """Make ``sock`` a CURVE server if keys are configured; return the authenticator."""
+    if not config.ingest_curve_secret_key:
+        return None
+    import zmq.auth
+    from zmq.auth.asyncio import AsyncioAuthenticator
+
+    public, secret = zmq.auth.load_certificate(config.ingest_curve_secret_key)
+    if secret is None:
+        raise configmod.ConfigError(
+            f"ingest.curve_secret_key: {config.ingest_curve_secret_key} holds no secret key")
+    auth = AsyncioAuthenticator(ctx)
+    auth.start()
+    clients = config.ingest_curve_clients_dir
+    if not clients:
+        raise configmod.ConfigError("ingest.curve_clients_dir: required with ingest.curve_secret_key")
+    auth.configure_curve(domain="*", location=clients)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+    return auth
+
+
+class Ingest:
+    def __init__(self, config: configmod.Config) -> None:
+        self.config = config
+        self.limits = Limits.from_config(config)
+        self.ctx = zmq.asyncio.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.setsockopt(zmq.MAXMSGSIZE, config.limits_max_frame_bytes)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.auth = configure_curve(self.ctx, self.router, config)
+        self.router.bind(config.ingest_endpoint)
+        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.pool = WorkerPool(self.ctx, config)
+        self.reporter = RejectReporter(self.ctx, config, "ingest")
+        self.tasks: Set[asyncio.Task] = set()
+
+    async def reply(self, rid: bytes, frames: List[bytes]) -> None:
+        try:
+            await self.router.send_multipart([rid] + frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the publisher is gone; it resends what it did not see acknowledged
+
+    async def handle(self, rid: bytes, frames: List[bytes]) -> None:
+        req_id: Any = None
+        try:
+            kind, body = protocol.decode(frames)
+            if kind != protocol.BATCH or not isinstance(body, list) or len(body) != 2:
+                raise protocol.ProtocolError(protocol.ERR_INVALID,
+                                             "expected a BATCH: [b'agg1', b'B', [req_id, [event, ...]]]")
+            req_id, items = body
+            if not isinstance(items, list):
+                raise protocol.ProtocolError(protocol.ERR_INVALID, "the events must be an array")
+            events = validate_batch(items, self.limits)
+        except protocol.ProtocolError as exc:
+            self.reporter.reject(f"invalid_{exc.code}")
+            await self.reply(rid, protocol.encode_err(req_id, exc.code, exc.reason))
+            return
+        except InvalidEvents as exc:
+            self.reporter.reject("invalid_event")
+            await self.reply(rid, protocol.encode_err(
+                req_id, protocol.ERR_INVALID, f"{exc}; nothing was stored",
+                [[e.index, e.field, e.reason] for e in exc.errors]))
+            return
+        try:
+            statuses = await self.pool.store(events)
+        except Overloaded as exc:
+            await self.reply(rid, protocol.encode_err(
+                req_id, protocol.ERR_OVERLOAD, f"{exc}; retry after {self.config.limits_retry_after_s} s"))
+        except Unavailable as exc:
+            await self.reply(rid, protocol.encode_err(
+                req_id, protocol.ERR_UNAVAILABLE, f"{exc}; retry after {self.config.limits_retry_after_s} s"))
+        else:
+            await self.reply(rid, protocol.encode_ok(req_id, statuses))
+
+    async def serve(self, stop: lifecycle.StopFlag) -> None:
+        self.pool.start()
+        poller = zmq.asyncio.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        while not stop:
+            if not await poller.poll(100):
+                continue
+            while True:
+                try:
+                    frames = await self.router.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                rid, rest = frames[0], frames[1:]
+                if len(self.tasks) >= MAX_CONCURRENT_BATCHES:
+                    await self.reply(rid, protocol.encode_err(
+                        None, protocol.ERR_OVERLOAD, "too many batches in flight; retry later"))
+                    continue
+                task = asyncio.get_running_loop().create_task(self.handle(rid, rest))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=self.config.supervisor_grace_s)
+
+    def close(self) -> None:
+        self.reporter.close()
+        self.pool.close()
+        if self.auth is not None:
+            self.auth.stop()
+        self.router.close()
+        self.ctx.term()
+
+
+async def _run(config: configmod.Config, stop: lifecycle.StopFlag) -> int:
+    try:
+        ingest = Ingest(config)
+    except zmq.ZMQError as exc:
+        log.error("ingest.endpoint: cannot bind %s: %s", config.ingest_endpoint, exc)
+        return 1
+    except configmod.ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("listening on %s", ingest.endpoint)
+    lifecycle.announce_ready(config, "ingest", 0, ingest.endpoint)
+    try:
+        await ingest.serve(stop)
+    finally:
+        ingest.close()
+    return 0
+
+
+def run(config: configmod.Config) -> int:
+    stop = lifecycle.StopFlag()
+    status = asyncio.run(_run(config, stop))
+    log.info("stopped")
+    return status
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="agg-ingest", description="run the agg native ZeroMQ ingest")
+    configmod.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = configmod.load(args)
+    except configmod.ConfigError as exc:
+        print(f"agg-ingest: config error: {exc}", file=sys.stderr)
+        return 2
+    lifecycle.setup_logging("ingest", config.log_level)
+    return run(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""What every agg process does the same way: log, stop on a signal, say READY.
+
+- ``setup_logging(role, level)``: one structured line per record on stderr,
+  ``time level role pid message``.
+- ``StopFlag``: SIGTERM (and SIGINT when not supervised) only set a flag that
+  the process's loop checks each tick; a second signal forces the stop.
+  A supervised child ignores SIGINT: Ctrl-C reaches the whole process group,
+  and the supervisor, not each child, decides the order of the stop.
+- ``announce_ready(config, role, index, endpoint)``: tell the supervisor, over
+  its control socket, that this process has bound its sockets. Outside a
+  supervisor (``$AGG_SUPERVISED`` unset) it does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+import zmq
+
+from . import protocol
+
+SUPERVISED_ENV = "AGG_SUPERVISED"
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = (f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower():7} "
+                f"role={self.role} pid={os.getpid()} {record.getMessage()}")
+        if record.exc_info and record.levelno >= logging.ERROR:
+            # A bug's traceback goes to the operator's log, never to a client.
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(role: str, level: str = "info") -> logging.Logger:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(role))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's own loggers would print in their own format; route them here.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    return logging.getLogger("agg." + role.split(".")[0])
+
+
+def supervised() -> bool:
+    return os.environ.get(SUPERVISED_ENV) == "1"
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; a second signal exits at once with status 1."""
+
+    def __init__(self, log: Optional[logging.Logger] = None) -> None:
+        self.stop = False
+        self.log = log
+        signal.signal(signal.SIGTERM, self._handle)
+        if supervised():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.stop:
+            os._exit(1)
+        self.stop = True
+
+    def __bool__(self) -> bool:
+        return self.stop
+
+
+def announce_ready(config: Any, role: str, index: int = 0,
+                   endpoint: Optional[str] = None, ctx: Optional[zmq.Context] = None) -> None:
+    """Send READY to the supervisor's control socket, if there is a supervisor."""
+    if not supervised():
+        return
+    ctx = ctx or zmq.Context.instance()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(config.endpoint("control"))
+    sock.send_multipart(protocol.encode(protocol.READY, {
+        "role": role, "index": index, "pid": os.getpid(), "endpoint": endpoint}))
+    sock.close()

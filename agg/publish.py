@@ -1,0 +1,286 @@
+"""``agg-publish``: the seed's demo publisher, made deterministic and resilient.
+
+It builds ``--events`` events (default 5,000) over a few topics, of which a
+fraction ``--duplicates`` (default 0.2) are resends of earlier events, all
+derived from ``--seed``: the same seed gives the same ids, topics, payloads
+and order, so running it twice against the same data is 100% duplicates the
+second time. It sends them in batches of ``--batch-size`` from
+``--concurrency`` connections, retries a batch with backoff on 503 or a lost
+connection (safe: agg drops the duplicates a retry creates), and ends with a
+summary of what agg acknowledged.
+
+Exit status: 0 if every event was acknowledged, 1 if some were rejected or
+never acknowledged, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+DEFAULT_TOPICS = ("user.created", "order.placed", "payment.processed", "inventory.updated",
+                  "email.sent", "session.started", "cart.abandoned", "shipment.dispatched")
+BASE_TIME = datetime.datetime(2025, 10, 21, 14, 30, tzinfo=datetime.timezone.utc)
+
+
+def make_events(count: int, duplicates: float, seed: int,
+                topics: Sequence[str] = DEFAULT_TOPICS) -> List[Dict[str, Any]]:
+    """``count`` events, ``round(count * duplicates)`` of them resends, in a
+    deterministic shuffled order."""
+    rng = random.Random(seed)
+    dup_count = round(count * duplicates)
+    unique_count = count - dup_count
+    if unique_count <= 0 and count:
+        raise ValueError("--duplicates leaves no unique event")
+    uniques = []
+    for i in range(unique_count):
+        topic = topics[rng.randrange(len(topics))]
+        uniques.append({
+            "topic": topic,
+            "event_id": f"evt-{seed}-{i:07d}",
+            "timestamp": (BASE_TIME + datetime.timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+            "source": "agg-publish",
+            "payload": {"seq": i, "user_id": rng.randrange(1, 100000),
+                        "amount": round(rng.uniform(1, 500), 2)},
+        })
+    events = uniques + [uniques[rng.randrange(unique_count)] for _ in range(dup_count)]
+    rng.shuffle(events)
+    return events
+
+
+@dataclasses.dataclass
+class Summary:
+    events: int = 0
+    acknowledged: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    retries: int = 0
+    batches: int = 0
+    elapsed: float = 0.0
+    errors: List[str] = dataclasses.field(default_factory=list)
+
+    def rate(self) -> float:
+        return self.acknowledged / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_json(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["events_per_s"] = round(self.rate(), 1)
+        out["elapsed"] = round(self.elapsed, 4)
+        out["errors"] = self.errors[:10]
+        return out
+
+    def render(self) -> str:
+        lines = [
+            f"events sent       {self.events}",
+            f"acknowledged      {self.acknowledged}",
+            f"  stored (new)    {self.stored}",
+            f"  duplicates      {self.duplicates}",
+            f"rejected (4xx)    {self.rejected}",
+            f"not acknowledged  {self.failed}",
+            f"retries           {self.retries}",
+            f"elapsed           {self.elapsed:.3f} s ({self.rate():,.0f} events/s)",
+        ]
+        lines += [f"error: {e}" for e in self.errors[:5]]
+        return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.done = 0
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.lock = threading.Lock()
+
+    def advance(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            now = time.monotonic()
+            if self.enabled and (now - self.last_draw > 0.1 or self.done >= self.total):
+                self.last_draw = now
+                width = 30
+                filled = int(width * self.done / max(self.total, 1))
+                rate = self.done / max(now - self.start, 1e-9)
+                sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                                 f"{self.done}/{self.total} events  {rate:,.0f}/s")
+                sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+class Retry(Exception):
+    """A transient failure: resend after ``delay`` seconds (or the backoff)."""
+
+    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Rejected(Exception):
+    """agg refused the batch as invalid: resending it will not help."""
+
+
+class HttpSender:
+    """POSTs batches to /publish over one keep-alive connection per thread."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"--url must be http://HOST:PORT, got {url!r}")
+        self.host = parsed.hostname
+        self.port = parsed.port or 80
+        self.path = (parsed.path.rstrip("/") or "") + "/publish"
+        self.timeout = timeout
+        self.local = threading.local()
+        self.headers = {"Content-Type": "application/json"}
+        token = os.environ.get("AGG_PUBLISH_TOKEN")
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return conn
+
+    def send(self, batch: List[Dict[str, Any]]) -> List[int]:
+        """Send one batch; return the count stored and duplicated as [stored, dups]."""
+        body = json.dumps({"events": batch}).encode()
+        conn = self._connection()
+        try:
+            conn.request("POST", self.path, body=body, headers=self.headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self.local.conn = None
+            raise Retry(f"connection: {exc or type(exc).__name__}") from None
+        if resp.status == 200:
+            answer = json.loads(data)
+            return [answer["stored"], answer["duplicates"]]
+        if resp.status in (502, 503, 504):
+            retry_after = resp.getheader("Retry-After")
+            raise Retry(f"HTTP {resp.status}: {_reason(data)}",
+                        float(retry_after) if retry_after and retry_after.isdigit() else None)
+        raise Rejected(f"HTTP {resp.status}: {_reason(data)}")
+
+    def close(self) -> None:
+        pass
+
+
+def _reason(data: bytes) -> str:
+    try:
+        body = json.loads(data)
+        return str(body.get("description") or body.get("title") or body)[:300]
+    except ValueError:
+        return data[:200].decode("utf-8", "replace")
+
+
+def publish(events: List[Dict[str, Any]], send: Callable[[List[Dict[str, Any]]], List[int]],
+            batch_size: int, concurrency: int, max_retries: int, max_backoff: float,
+            deadline: float, progress: Optional[Progress] = None) -> Summary:
+    """Send ``events`` in batches with retries; return what was acknowledged."""
+    summary = Summary(events=len(events))
+    lock = threading.Lock()
+    batches = [events[i:i + batch_size] for i in range(0, len(events), batch_size)]
+    summary.batches = len(batches)
+    start = time.monotonic()
+
+    def one(batch: List[Dict[str, Any]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                stored, dups = send(batch)
+            except Retry as exc:
+                attempt += 1
+                with lock:
+                    summary.retries += 1
+                if attempt > max_retries or time.monotonic() > deadline:
+                    with lock:
+                        summary.failed += len(batch)
+                        summary.errors.append(f"gave up after {attempt} tries: {exc}")
+                    return
+                backoff = min(max_backoff, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                time.sleep(min(max_backoff, exc.delay) if exc.delay is not None else backoff)
+                continue
+            except Rejected as exc:
+                with lock:
+                    summary.rejected += len(batch)
+                    summary.errors.append(str(exc))
+                return
+            with lock:
+                summary.acknowledged += len(batch)
+                summary.stored += stored
+                summary.duplicates += dups
+            if progress:
+                progress.advance(len(batch))
+            return
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, batches))
+    summary.elapsed = time.monotonic() - start
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agg-publish", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("AGG_URL", "http://127.0.0.1:8080"),
+                        help="agg's HTTP base URL [$AGG_URL or http://127.0.0.1:8080]")
+    parser.add_argument("--events", type=int, default=5000, help="events to send [5000]")
+    parser.add_argument("--duplicates", type=float, default=0.2,
+                        help="fraction of the events that are resends [0.2]")
+    parser.add_argument("--seed", type=int, default=42, help="seed of ids, topics and order [42]")
+    parser.add_argument("--topics", default=",".join(DEFAULT_TOPICS), help="comma-separated topics")
+    parser.add_argument("--batch-size", type=int, default=500, help="events per request [500]")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight [4]")
+    parser.add_argument("--retries", type=int, default=30, help="tries per batch before giving up [30]")
+    parser.add_argument("--max-backoff", type=float, default=2.0, help="longest wait between tries [2 s]")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout [30 s]")
+    parser.add_argument("--time-limit", type=float, default=600.0,
+                        help="stop retrying after this many seconds [600]")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    topics = [t for t in args.topics.split(",") if t]
+    if args.events < 1 or args.batch_size < 1 or args.concurrency < 1 or not topics \
+            or not 0 <= args.duplicates < 1:
+        parser.error("--events, --batch-size, --concurrency must be >= 1, --duplicates in [0, 1), "
+                     "--topics not empty")
+    try:
+        sender = HttpSender(args.url, args.timeout)
+    except ValueError as exc:
+        parser.error(str(exc))
+    events = make_events(args.events, args.duplicates, args.seed, topics)
+    progress = Progress(len(events), sys.stderr.isatty() and not args.no_progress)
+    summary = publish(events, sender.send, args.batch_size, args.concurrency, args.retries,
+                      args.max_backoff, time.monotonic() + args.time_limit, progress)
+    progress.finish()
+    print(json.dumps(summary.to_json()) if args.json else summary.render())
+    return 0 if summary.acknowledged == summary.events else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,299 @@
+"""Supervisor (``agg run``): starts every process, restarts the dead, stops all in order.
+
+Binds:     PULL at ``endpoints.control``, where children send READY.
+Connects:  PUB to ``endpoints.stats_in`` for its restart counts (``ctr.supervisor``).
+Owns:      the child processes, ``DATA_DIR/agg-meta.json`` (via ``ensure_data_dir``),
+           the lock ``RUN_DIR/agg.lock`` (one agg per data directory), and
+           ``RUN_DIR/endpoints.json``, written once everything is READY.
+Stops:     on SIGINT/SIGTERM: children in reverse start order (front and ingest
+           first, so nothing new arrives; then the workers, which commit and
+           answer what they hold; then stats), each with SIGTERM, then SIGKILL
+           after ``supervisor.grace_s``. A second signal kills at once.
+
+Start order: stats, workers, then front and ingest; each stage waits for the
+READY of its processes, never for a sleep. A child that dies is restarted
+after a backoff that doubles from 0.1 s to 5 s; one that dies more than
+``supervisor.max_restarts`` times within ``supervisor.restart_window_s`` makes
+the supervisor give up, stop everything and exit 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Deque, Dict, List, Optional
+
+import zmq
+
+from . import config as configmod
+from . import lifecycle, protocol
+from .partition import PartitionMismatch, ensure_data_dir
+
+log = logging.getLogger("agg.supervisor")
+
+ENDPOINTS_FILE = "endpoints.json"
+LOCK_FILE = "agg.lock"
+BACKOFF_START = 0.1
+BACKOFF_MAX = 5.0
+STABLE_AFTER = 10.0  # a child up this long gets its backoff reset
+
+
+class StartupFailed(Exception):
+    pass
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the supervisor dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Child:
+    def __init__(self, name: str, role: str, index: int, module: str, args: List[str]) -> None:
+        self.name = name
+        self.role = role
+        self.index = index
+        self.command = [sys.executable, "-m", module] + args
+        self.proc: Optional[subprocess.Popen] = None
+        self.ready = False
+        self.endpoint: Optional[str] = None
+        self.started_at = 0.0
+        self.deaths: Deque[float] = collections.deque()
+        self.restarts = 0
+        self.backoff = BACKOFF_START
+        self.restart_at: Optional[float] = None
+
+    def start(self, env: Dict[str, str]) -> None:
+        self.ready = False
+        self.restart_at = None
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent,
+                                     stdin=subprocess.DEVNULL)
+        log.info("started %s pid=%d", self.name, self.proc.pid)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    def __init__(self, config: configmod.Config, stop: lifecycle.StopFlag) -> None:
+        self.config = config
+        self.stop = stop
+        self.env = dict(os.environ)
+        self.env[configmod.RESOLVED_ENV] = config.to_json()
+        self.env[lifecycle.SUPERVISED_ENV] = "1"
+        self.stats = Child("stats", "stats", 0, "agg.stats", [])
+        self.workers = [Child(f"worker.{i}", "worker", i, "agg.worker", ["--index", str(i)])
+                        for i in range(config.workers)]
+        self.edges: List[Child] = []
+        if config.http_enabled:
+            self.edges.append(Child("front", "front", 0, "agg.front", []))
+        if config.ingest_enabled:
+            self.edges.append(Child("ingest", "ingest", 0, "agg.ingest", []))
+        self.stages = [[self.stats], self.workers, self.edges]
+        self.children = [c for stage in self.stages for c in stage]
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.PULL)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(config.endpoint("control"))
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.connect(config.endpoint("stats_in"))
+        self.last_publish = 0.0
+
+    # -- READY ----------------------------------------------------------------------------
+
+    def read_control(self, timeout_ms: int) -> None:
+        if not self.control.poll(timeout_ms):
+            return
+        while True:
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind, body = protocol.decode(frames)
+                if kind != protocol.READY:
+                    continue
+                for child in self.children:
+                    if child.pid == body["pid"]:
+                        child.ready = True
+                        child.endpoint = body.get("endpoint")
+                        log.info("%s is ready (%s)", child.name, child.endpoint)
+            except (protocol.ProtocolError, KeyError, TypeError) as exc:
+                log.warning("ignored a bad control message: %s", exc)
+
+    def start_stage(self, stage: List[Child]) -> None:
+        for child in stage:
+            child.start(self.env)
+        deadline = time.monotonic() + self.config.supervisor_ready_timeout_s
+        while not all(c.ready for c in stage):
+            if self.stop:
+                raise StartupFailed("stopped by a signal during start-up")
+            for child in stage:
+                if not child.alive():
+                    raise StartupFailed(f"{child.name} exited with status "
+                                        f"{child.proc.returncode if child.proc else '?'} before READY")
+            if time.monotonic() > deadline:
+                late = ", ".join(c.name for c in stage if not c.ready)
+                raise StartupFailed(f"{late} not READY within "
+                                    f"{self.config.supervisor_ready_timeout_s:g} s")
+            self.read_control(100)
+
+    def write_endpoints(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "http": next((c.endpoint for c in self.edges if c.role == "front"), None),
+            "ingest": next((c.endpoint for c in self.edges if c.role == "ingest"), None),
+            "stats": self.config.endpoint("stats"),
+            "workers": self.config.worker_endpoints(),
+            "children": {c.name: c.pid for c in self.children},
+        }
+        path = os.path.join(self.config.run_dir, ENDPOINTS_FILE)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(info, fh, indent=2)
+        os.replace(path + ".tmp", path)
+
+    # -- watching -------------------------------------------------------------------------
+
+    def publish_restarts(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_publish >= self.config.stats_heartbeat_s:
+            self.pub.send_multipart([protocol.TOPIC_SUPER] + protocol.encode(protocol.SUPER, {
+                "pid": os.getpid(), "time": time.time(),
+                "restarts": {c.name: c.restarts for c in self.children}}))
+            self.last_publish = now
+
+    def watch(self) -> int:
+        """Restart dead children until a signal; return the exit status."""
+        while not self.stop:
+            self.read_control(100)
+            now = time.monotonic()
+            for child in self.children:
+                if child.restart_at is not None:
+                    if now >= child.restart_at:
+                        child.restarts += 1
+                        child.start(self.env)
+                        self.publish_restarts(force=True)
+                    continue
+                if child.alive():
+                    if now - child.started_at > STABLE_AFTER:
+                        child.backoff = BACKOFF_START
+                    continue
+                code = child.proc.returncode if child.proc else None
+                child.deaths.append(now)
+                while child.deaths and now - child.deaths[0] > self.config.supervisor_restart_window_s:
+                    child.deaths.popleft()
+                if len(child.deaths) > self.config.supervisor_max_restarts:
+                    log.error("%s died %d times within %g s (last status %s); giving up",
+                              child.name, len(child.deaths),
+                              self.config.supervisor_restart_window_s, code)
+                    return 1
+                log.warning("%s (pid %s) exited with status %s; restarting in %.1f s",
+                            child.name, child.pid, code, child.backoff)
+                child.restart_at = now + child.backoff
+                child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            self.publish_restarts()
+        return 0
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop_all(self) -> bool:
+        """Stop every child, last stage first; True if none needed SIGKILL."""
+        clean = True
+        for stage in reversed(self.stages):
+            running = [c for c in stage if c.alive()]
+            for child in running:
+                child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            deadline = time.monotonic() + self.config.supervisor_grace_s
+            for child in running:
+                try:
+                    child.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+                except subprocess.TimeoutExpired:
+                    log.warning("%s (pid %s) did not stop within %g s; killing it",
+                                child.name, child.pid, self.config.supervisor_grace_s)
+                    child.proc.kill()  # type: ignore[union-attr]
+                    child.proc.wait()  # type: ignore[union-attr]
+                    clean = False
+                else:
+                    if child.proc.returncode not in (0, -signal.SIGTERM):  # type: ignore[union-attr]
+                        log.warning("%s exited with status %s", child.name,
+                                    child.proc.returncode)  # type: ignore[union-attr]
+        return clean
+
+    def close(self) -> None:
+        self.control.close()
+        self.pub.close()
+        self.ctx.term()
+        try:
+            os.unlink(os.path.join(self.config.run_dir, ENDPOINTS_FILE))
+        except FileNotFoundError:
+            pass
+
+
+def lock_run_dir(run_dir: str) -> Any:
+    """Hold ``RUN_DIR/agg.lock`` for the supervisor's life: one agg per data directory."""
+    fh = open(os.path.join(run_dir, LOCK_FILE), "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def run(config: configmod.Config) -> int:
+    stop = lifecycle.StopFlag()
+    try:
+        ensure_data_dir(config.data_dir, config.partitions)
+        os.makedirs(config.run_dir, exist_ok=True)
+    except PartitionMismatch as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("data_dir: cannot create %s: %s", config.data_dir, exc.strerror)
+        return 2
+    lock = lock_run_dir(config.run_dir)
+    if lock is None:
+        log.error("run_dir: another agg is already running on %s", config.run_dir)
+        return 2
+    supervisor = Supervisor(config, stop)
+    status = 0
+    try:
+        for stage in supervisor.stages:
+            supervisor.start_stage(stage)
+        supervisor.write_endpoints()
+        supervisor.publish_restarts(force=True)
+        http = next((c.endpoint for c in supervisor.edges if c.role == "front"), None)
+        log.info("agg is ready: http %s, ingest %s, %d workers, %d partitions, data in %s",
+                 http, next((c.endpoint for c in supervisor.edges if c.role == "ingest"), None),
+                 config.workers, config.partitions, config.data_dir)
+        status = supervisor.watch()
+    except StartupFailed as exc:
+        log.error("start-up failed: %s", exc)
+        status = 1
+    finally:
+        log.info("stopping")
+        if not supervisor.stop_all():
+            status = status or 1
+        supervisor.close()
+        lock.close()
+    log.info("stopped with status %d", status)
+    return status

@@ -1,0 +1,268 @@
+"""Dedup worker: owns some partitions, their shards, and their counters.
+
+Binds:     ROUTER at ``endpoints.worker`` (its index filled in); the front and
+           the ingest connect DEALERs and send BATCH and QUERY requests.
+Connects:  PUB to ``endpoints.stats_in``, where it sends its counter snapshot
+           (topic ``ctr.worker.N``) after each commit, at most every
+           ``stats.publish_interval_s``, and at least every ``stats.heartbeat_s``.
+           PUSH to the supervisor's control socket, once, for READY.
+Owns:      the shards of partitions ``p`` with ``p % workers == index``.
+Stops:     on SIGTERM, after the group in hand is committed and answered.
+
+Group commit: each tick drains every request waiting on the socket (up to
+``storage.group_max_events`` events), commits them with one transaction per
+partition, and only then answers each request. An answer therefore always
+means "committed"; a crash before it means "not acknowledged", and the
+publisher resends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sqlite3
+import sys
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import zmq
+
+from . import config as configmod
+from . import lifecycle, protocol
+from .partition import ensure_data_dir, partition_of, partitions_of_worker, shard_path
+from .events import WireEvent
+from .shard import Shard
+
+log = logging.getLogger("agg.worker")
+
+# A pending batch: (routing id, request id, events as [partition, topic, id, ts, source, payload]).
+Pending = Tuple[bytes, Any, List[List[Any]]]
+
+
+class CommitClock:
+    """``received_at`` stamps that never go backwards, even if the wall clock
+    does: GET /events merges shards by them, and its cursor relies on their
+    order agreeing with each shard's ``seq``."""
+
+    def __init__(self, start: str = "") -> None:
+        self.last = start
+
+    def now(self) -> str:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if stamp > self.last:
+            self.last = stamp
+        return self.last
+
+
+class Worker:
+    def __init__(self, config: configmod.Config, index: int) -> None:
+        self.config = config
+        self.index = index
+        self.partitions = partitions_of_worker(index, config.partitions, config.workers)
+        ensure_data_dir(config.data_dir, config.partitions)
+        self.shards: Dict[int, Shard] = {
+            p: Shard(shard_path(config.data_dir, p), config.storage_synchronous,
+                     config.storage_cache_mib)
+            for p in self.partitions}
+        self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.endpoint = config.endpoint("worker", index)
+        self.router.bind(self.endpoint)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.connect(config.endpoint("stats_in"))
+        self.last_publish = 0.0
+        self.dirty: set = set(self.partitions)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def handle_batches(self, batches: List[Pending]) -> None:
+        """Commit every event of ``batches``, one transaction per partition, then
+        answer each batch: OK with per-event statuses, or ERR if any of its
+        partitions failed to commit (the publisher resends; dedup makes it safe)."""
+        places: Dict[int, List[Tuple[int, int]]] = {}
+        rows: Dict[int, List[WireEvent]] = {}
+        statuses = [bytearray(len(events)) for _rid, _req, events in batches]
+        for b, (_rid, _req, events) in enumerate(batches):
+            for i, ev in enumerate(events):
+                places.setdefault(ev[0], []).append((b, i))
+                rows.setdefault(ev[0], []).append((ev[1], ev[2], ev[3], ev[4], ev[5]))
+        received_at = self.clock.now()
+        failed: Dict[int, str] = {}
+        for p, group in rows.items():
+            try:
+                result = self.shards[p].store(group, received_at)
+            except sqlite3.Error as exc:
+                log.error("commit to shard %d failed: %s", p, exc)
+                failed[p] = f"storage error in partition {p}: {exc}"
+                continue
+            self.dirty.add(p)
+            for (b, i), new in zip(places[p], result):
+                statuses[b][i] = protocol.STORED if new else protocol.DUPLICATE
+        self.maybe_publish()
+        for b, (rid, req_id, events) in enumerate(batches):
+            reason = next((failed[ev[0]] for ev in events if ev[0] in failed), None)
+            if reason is None:
+                reply = protocol.encode_ok(req_id, bytes(statuses[b]))
+            else:
+                reply = protocol.encode_err(req_id, protocol.ERR_INTERNAL, reason)
+            self.router.send_multipart([rid] + reply)
+
+    def check_batch(self, data: Any) -> List[List[Any]]:
+        """The events of a BATCH body, or ProtocolError if any is malformed or is
+        not this worker's (a peer with another partition map must not store it)."""
+        if not isinstance(data, list):
+            raise protocol.ProtocolError(protocol.ERR_INVALID, "batch must be a list of events")
+        for ev in data:
+            if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)
+                    and all(isinstance(x, str) for x in ev[1:5]) and isinstance(ev[5], bytes)):
+                raise protocol.ProtocolError(protocol.ERR_INVALID, "malformed event in batch")
+            if ev[0] not in self.shards or partition_of(ev[1], self.config.partitions) != ev[0]:
+                raise protocol.ProtocolError(
+                    protocol.ERR_INVALID, f"topic {ev[1]!r} is not in partition {ev[0]} of worker "
+                                          f"{self.index}, which owns {self.partitions}")
+        return data
+
+    def handle_query(self, rid: bytes, req_id: Any, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise protocol.ProtocolError(protocol.ERR_INVALID, "query body must be a map")
+        topic = body.get("topic")
+        after = body.get("after") or {}
+        limit = body.get("limit", 1000)
+        if (topic is not None and not isinstance(topic, str)) or not isinstance(after, dict) \
+                or not isinstance(limit, int) or limit < 1:
+            raise protocol.ProtocolError(protocol.ERR_INVALID, "bad query fields")
+        limit = min(limit, self.config.limits_max_events_page)
+        merged: List[Any] = []
+        for p, shard in self.shards.items():
+            start = after.get(p, 0)
+            if not isinstance(start, int):
+                raise protocol.ProtocolError(protocol.ERR_INVALID, "cursor positions must be integers")
+            for seq, t, e, ts, s, payload, rat in shard.page(start, limit, topic):
+                merged.append([p, seq, t, e, ts, s, payload, rat])
+        # Processing order across this worker's shards: commit time, then partition, then seq.
+        merged.sort(key=lambda row: (row[7], row[0], row[1]))
+        self.router.send_multipart([rid] + protocol.encode_ok(req_id, merged[:limit]))
+
+    def drain(self) -> None:
+        """Read every waiting request, commit the batches as one group, answer all."""
+        batches: List[Pending] = []
+        queries: List[Tuple[bytes, Any, Any]] = []
+        count = 0
+        limit = self.config.storage_group_max_events
+        while count < limit:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            rid, rest = frames[0], frames[1:]
+            req_id: Any = None
+            try:
+                kind, body = protocol.decode(rest)
+                if not isinstance(body, list) or len(body) != 2:
+                    raise protocol.ProtocolError(protocol.ERR_INVALID, "body must be [req_id, data]")
+                req_id, data = body
+                if kind == protocol.BATCH:
+                    batches.append((rid, req_id, self.check_batch(data)))
+                    count += len(data)
+                elif kind == protocol.QUERY:
+                    queries.append((rid, req_id, data))
+                else:
+                    raise protocol.ProtocolError(protocol.ERR_INVALID, f"unknown kind {kind!r}")
+            except protocol.ProtocolError as exc:
+                self.router.send_multipart([rid] + protocol.encode_err(req_id, exc.code, exc.reason))
+        if batches:
+            self.handle_batches(batches)
+        for rid, req_id, data in queries:
+            try:
+                self.handle_query(rid, req_id, data)
+            except protocol.ProtocolError as exc:
+                self.router.send_multipart([rid] + protocol.encode_err(req_id, exc.code, exc.reason))
+            except sqlite3.Error as exc:
+                log.error("query failed: %s", exc)
+                self.router.send_multipart([rid] + protocol.encode_err(
+                    req_id, protocol.ERR_INTERNAL, f"storage error: {exc}"))
+
+    # -- counters -------------------------------------------------------------------------
+
+    def snapshot(self, partitions: Iterable[int]) -> Dict[str, Any]:
+        return {
+            "worker": self.index,
+            "pid": os.getpid(),
+            "owns": self.partitions,
+            "time": time.time(),
+            "partitions": {p: self.shards[p].totals() + [self.shards[p].counters]
+                           for p in partitions},
+        }
+
+    def maybe_publish(self, force: bool = False) -> None:
+        """Send the counters of the partitions that changed (all of them on a
+        heartbeat). Called before a group's answers go out, so that /stats has
+        seen a commit by the time its publisher has its acknowledgement."""
+        now = time.monotonic()
+        heartbeat = force or now - self.last_publish >= self.config.stats_heartbeat_s
+        if heartbeat or (self.dirty and now - self.last_publish >= self.config.stats_publish_interval_s):
+            topic = protocol.TOPIC_WORKER + str(self.index).encode()
+            changed = self.partitions if heartbeat else sorted(self.dirty)
+            self.pub.send_multipart([topic] + protocol.encode(protocol.COUNTERS, self.snapshot(changed)))
+            self.last_publish = now
+            self.dirty.clear()
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def serve(self, stop: lifecycle.StopFlag) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        # Wake at least every 100 ms to see a stop; sooner if counters wait for their interval.
+        interval = self.config.stats_publish_interval_s or 0.1
+        tick_ms = max(1, int(min(0.1, self.config.stats_heartbeat_s, interval) * 1000))
+        while not stop:
+            if poller.poll(tick_ms):
+                self.drain()
+            self.maybe_publish()
+        self.maybe_publish(force=True)
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+        self.router.close()
+        self.pub.close()
+        self.ctx.term()
+
+
+def run(config: configmod.Config, index: int) -> int:
+    stop = lifecycle.StopFlag()
+    worker = Worker(config, index)
+    log.info("bound %s, owns partitions %s", worker.endpoint, worker.partitions)
+    lifecycle.announce_ready(config, "worker", index, worker.endpoint, worker.ctx)
+    try:
+        worker.serve(stop)
+    finally:
+        worker.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="agg-worker", description="run one agg dedup worker")
+    parser.add_argument("--index", type=int, default=0, help="worker index, from 0")
+    configmod.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = configmod.load(args)
+    except configmod.ConfigError as exc:
+        print(f"agg-worker: config error: {exc}", file=sys.stderr)
+        return 2
+    lifecycle.setup_logging(f"worker.{args.index}", config.log_level)
+    if not 0 <= args.index < config.workers:
+        log.error("--index %d is outside 0..%d", args.index, config.workers - 1)
+        return 2
+    return run(config, args.index)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

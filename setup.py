@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="agg",
+    version="0.1.0",
+    description="An event aggregator with exact, durable dedup (Falcon + ZeroMQ + SQLite)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["agg", "agg.*"]),
+    install_requires=[
+        "pyzmq>=25.1",
+        "msgpack>=1.0.5",
+        "falcon>=3.1.1",
+        "uvicorn>=0.29",
+        "orjson>=3.9",
+        "tomli>=2.0; python_version < '3.11'",
+        "uvloop>=0.19; sys_platform != 'win32'",
+        "httptools>=0.6",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80"],
+    },
+    entry_points={
+        "console_scripts": [
+            "agg=agg.cli:main",
+            "agg-publish=agg.publish:main",
+            "agg-stats=agg.statscli:main",
+        ],
+    },
+)

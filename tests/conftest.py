@@ -1,0 +1,241 @@
+"""Fixtures that own real agg processes, real sockets and real SQLite files.
+
+``agg_factory(**settings)`` starts ``python -m agg run`` on a fresh temporary
+data directory (or a given one), with HTTP on a free port (port 0, read back
+from the supervisor's ``endpoints.json``) and the native ingest on a free
+port, and waits until it is READY and healthy: no sleeps. At teardown every
+system still running gets SIGTERM; one that does not stop in time is killed
+and the test fails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+STOP_TIMEOUT = 30.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Optional[BaseException] = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+            last_error = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}"
+                         + (f" (last error: {last_error})" if last_error else ""))
+
+
+def http_request(url: str, method: str = "GET", body: Any = None, raw: Optional[bytes] = None,
+                 headers: Optional[Dict[str, str]] = None,
+                 timeout: float = 30.0) -> Tuple[int, Dict[str, str], Any]:
+    """One HTTP request; returns (status, headers, parsed JSON body or raw bytes)."""
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    try:
+        conn.request(method, path, body=data, headers=headers or {})
+        resp = conn.getresponse()
+        payload = resp.read()
+        hdrs = {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+    try:
+        parsed_body: Any = json.loads(payload)
+    except ValueError:
+        parsed_body = payload
+    return resp.status, hdrs, parsed_body
+
+
+def make_event(topic: str = "user.created", event_id: str = "evt-1", **extra: Any) -> Dict[str, Any]:
+    event = {"topic": topic, "event_id": event_id, "timestamp": "2025-10-21T14:30:00Z",
+             "source": "tests", "payload": {"user_id": 123}}
+    event.update(extra)
+    return event
+
+
+class AggSystem:
+    """One ``agg run`` supervisor and its children, started for a test."""
+
+    def __init__(self, base: str, data_dir: Optional[str] = None, **settings: Any) -> None:
+        self.base = base
+        self.data_dir = data_dir or os.path.join(base, "data")
+        self.run_dir = os.path.join(base, "run")
+        self.settings = {"http-port": 0, "ingest-endpoint": "tcp://127.0.0.1:0",
+                         "data-dir": self.data_dir, "run-dir": self.run_dir,
+                         "supervisor-grace-s": 10}
+        self.settings.update({k.replace("_", "-"): v for k, v in settings.items()})
+        self.proc: Optional[subprocess.Popen] = None
+        self.endpoints: Dict[str, Any] = {}
+        self.log_path = os.path.join(base, "agg.log")
+
+    def command(self) -> List[str]:
+        cmd = [sys.executable, "-m", "agg", "run"]
+        for key, value in self.settings.items():
+            cmd += [f"--{key}", str(value)]
+        return cmd
+
+    def start(self, wait: bool = True) -> "AggSystem":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.base)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def read_endpoints(self) -> Optional[Dict[str, Any]]:
+        try:
+            with open(os.path.join(self.run_dir, "endpoints.json")) as fh:
+                info = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return info if self.proc and info.get("pid") == self.proc.pid else None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> Any:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agg exited with {self.proc.returncode}:\n{self.log_text()}")
+            return self.read_endpoints()
+        self.endpoints = wait_until(ready, timeout, message="agg READY")
+        wait_until(lambda: self.get("/health")[0] == 200, timeout, message="healthy")
+
+    @property
+    def url(self) -> str:
+        return self.endpoints["http"]
+
+    @property
+    def ingest(self) -> str:
+        return self.endpoints["ingest"]
+
+    def get(self, path: str) -> Tuple[int, Dict[str, str], Any]:
+        return http_request(self.url + path)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Tuple[int, Dict[str, str], Any]:
+        return http_request(self.url + path, "POST", body, **kwargs)
+
+    def stats(self) -> Dict[str, Any]:
+        status, _, body = self.get("/stats")
+        assert status == 200, body
+        return body
+
+    def wait_stats(self, received: int, unique: int, duplicates: int, timeout: float = 10.0) -> Dict[str, Any]:
+        """Wait until /stats shows these totals (snapshots travel asynchronously)."""
+        want = (received, unique, duplicates)
+        seen: List[Any] = []
+
+        def match() -> Any:
+            s = self.stats()
+            seen[:] = [(s["received"], s["unique_processed"], s["duplicate_dropped"])]
+            return s if seen[0] == want else None
+        try:
+            return wait_until(match, timeout, message=f"stats {want}")
+        except AssertionError:
+            raise AssertionError(f"stats never reached {want}; last seen {seen}") from None
+
+    def child_pid(self, name: str) -> int:
+        return int(self.endpoints["children"][name])
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                return fh.read().decode("utf-8", "replace")[-6000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the supervisor and wait; kill and fail if it hangs."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"agg did not stop within {timeout} s:\n{self.log_text()}")
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def tmp_base() -> Iterator[str]:
+    """A short temporary directory (ipc:// paths must stay under ~100 bytes)."""
+    base = tempfile.mkdtemp(prefix="agg-", dir="/tmp")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def agg_factory(tmp_base: str) -> Iterator[Callable[..., AggSystem]]:
+    systems: List[AggSystem] = []
+    counter = [0]
+
+    def start(data_dir: Optional[str] = None, wait: bool = True, **settings: Any) -> AggSystem:
+        counter[0] += 1
+        base = os.path.join(tmp_base, f"s{counter[0]}")
+        os.makedirs(base)
+        system = AggSystem(base, data_dir or os.path.join(tmp_base, "data"), **settings)
+        systems.append(system)
+        return system.start(wait=wait)
+
+    yield start
+    hung = []
+    for system in systems:
+        if system.proc is not None and system.proc.poll() is None:
+            try:
+                system.stop()
+            except AssertionError as exc:
+                hung.append(str(exc))
+    # Every child must be gone with its supervisor.
+    for system in systems:
+        for name, pid in (system.endpoints.get("children") or {}).items():
+            _wait_gone(pid)
+    if hung:
+        pytest.fail("\n".join(hung))
+
+
+@pytest.fixture
+def agg(agg_factory: Callable[..., AggSystem]) -> AggSystem:
+    return agg_factory()
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie of an exited supervisor's child is gone for our purpose.
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] == "Z"
+        except OSError:
+            return True
+    if not gone():
+        try:
+            wait_until(gone, timeout, message=f"pid {pid} to exit")
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+            raise
