@@ -72,10 +72,23 @@ class Peer:
         self.ids = itertools.count(1)
         self.pending: Dict[int, asyncio.Future] = {}
         self.inflight_events = 0
-        self.task: Optional[asyncio.Task] = None
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.tasks: List[asyncio.Task] = []
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._receive())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._receive()), loop.create_task(self._watch())]
+
+    async def _watch(self) -> None:
+        """A peer that disconnects (a worker killed, say) will never answer what
+        it holds: fail those requests now rather than at their timeout."""
+        while True:
+            await self.monitor.recv_multipart()
+            if self.pending:
+                log.warning("%s disconnected with %d requests in flight", self.name, len(self.pending))
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(Unavailable(f"{self.name} disconnected before answering"))
 
     async def _receive(self) -> None:
         while True:
@@ -113,11 +126,13 @@ class Peer:
             self.inflight_events -= weight
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(Unavailable(f"{self.name}: shutting down"))
+        self.sock.disable_monitor()
+        self.monitor.close()
         self.sock.close()
 
 
