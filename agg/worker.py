@@ -62,10 +62,13 @@ class Worker:
         self.index = index
         self.partitions = partitions_of_worker(index, config.partitions, config.workers)
         ensure_data_dir(config.data_dir, config.partitions)
-        self.shards: Dict[int, Shard] = {
-            p: Shard(shard_path(config.data_dir, p), config.storage_synchronous,
-                     config.storage_cache_mib)
-            for p in self.partitions}
+        self.shards: Dict[int, Shard] = {}
+        for p in self.partitions:
+            path = shard_path(config.data_dir, p)
+            try:
+                self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib)
+            except sqlite3.DatabaseError as exc:
+                raise sqlite3.DatabaseError(f"{path}: {exc}") from None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -236,7 +239,14 @@ class Worker:
 
 def run(config: configmod.Config, index: int) -> int:
     stop = lifecycle.StopFlag()
-    worker = Worker(config, index)
+    try:
+        worker = Worker(config, index)
+    except sqlite3.DatabaseError as exc:
+        log.error("cannot open shard %s", exc)
+        return 1
+    except zmq.ZMQError as exc:
+        log.error("cannot bind %s: %s", config.endpoint("worker", index), exc)
+        return 1
     log.info("bound %s, owns partitions %s", worker.endpoint, worker.partitions)
     lifecycle.announce_ready(config, "worker", index, worker.endpoint, worker.ctx)
     try:

@@ -1,0 +1,79 @@
+"""Configuration: defaults, the TOML file, AGG_* variables and flags, and one-line errors."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agg import config as configmod
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(argv, environ=None):
+    parser = argparse.ArgumentParser()
+    configmod.add_arguments(parser)
+    return configmod.load(parser.parse_args(argv), environ or {})
+
+
+def test_conf_file_lists_every_setting_with_its_default(tmp_path) -> None:
+    path = os.path.join(ROOT, "conf", "agg.toml")
+    loaded = parse(["--config", path])
+    assert dict(loaded.values) == dict(configmod.defaults().values)
+    with open(path) as fh:
+        text = fh.read()
+    for setting in configmod.SCHEMA:
+        assert setting.key.split(".")[-1] + " = " in text, f"{setting.key} missing from conf/agg.toml"
+
+
+def test_flag_beats_environment_beats_file(tmp_path) -> None:
+    toml = tmp_path / "agg.toml"
+    toml.write_text('workers = 3\n[http]\nport = 9000\nhost = "127.0.0.2"\n')
+    env = {"AGG_HTTP_PORT": "9100", "AGG_WORKERS": "4"}
+    cfg = parse(["--config", str(toml), "--workers", "5"], env)
+    assert cfg.workers == 5            # flag
+    assert cfg.http_port == 9100       # environment over file
+    assert cfg.http_host == "127.0.0.2"  # file over default
+    assert cfg.partitions == 8         # default
+
+
+def test_data_dir_and_run_dir_are_absolute(tmp_path) -> None:
+    cfg = parse(["--data-dir", str(tmp_path / "d")])
+    assert cfg.data_dir == str(tmp_path / "d")
+    assert cfg.run_dir == str(tmp_path / "d" / "run")
+    assert cfg.endpoint("worker", 1) == f"ipc://{tmp_path}/d/run/w1.sock"
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--http-port", "eighty"], {}, ["http.port", "--http-port", "expected int"]),
+    ([], {"AGG_WORKERS": "0"}, ["workers", "AGG_WORKERS", "at least 1"]),
+    ([], {"AGG_STORAGE_SYNCHRONOUS": "sometimes"}, ["storage.synchronous", "FULL"]),
+    ([], {"AGG_HTTP_ENABLED": "maybe"}, ["http.enabled", "expected bool"]),
+])
+def test_bad_value_names_the_key(argv, env, words) -> None:
+    with pytest.raises(configmod.ConfigError) as caught:
+        parse(argv, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_key_in_file_is_refused(tmp_path) -> None:
+    toml = tmp_path / "agg.toml"
+    toml.write_text("[http]\nprot = 1\n")
+    with pytest.raises(configmod.ConfigError, match=r"http\.prot .*unknown setting"):
+        parse(["--config", str(toml)])
+
+
+def test_agg_run_prints_one_line_for_a_bad_config(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+    env["AGG_HTTP_PORT"] = "-5"
+    out = subprocess.run([sys.executable, "-m", "agg", "run", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=30, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "http.port" in lines[0] and "Traceback" not in out.stderr

@@ -1,0 +1,78 @@
+"""Validation of events, shared by the HTTP front and the native ingest."""
+
+import pytest
+
+from agg.events import InvalidEvents, Limits, check_timestamp, events_of_body, validate_batch
+
+LIMITS = Limits(max_field_chars=16, max_payload_bytes=64, max_batch_events=3)
+
+
+def event(**changes):
+    base = {"topic": "t", "event_id": "e", "timestamp": "2025-10-21T14:30:00Z",
+            "source": "s", "payload": {"a": 1}}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+@pytest.mark.parametrize("stamp", [
+    "2025-10-21T14:30:00Z", "2025-10-21T14:30:00.123456+02:00", "2025-10-21 14:30Z",
+    "2025-10-21T14:30:00-0530", "2024-02-29T00:00:00z",
+])
+def test_timestamps_with_a_zone_are_accepted(stamp) -> None:
+    assert check_timestamp(stamp) is None
+
+
+@pytest.mark.parametrize("stamp", [
+    "2025-10-21T14:30:00", "2025-10-21", "yesterday", "2025-13-01T00:00:00Z",
+    "2025-02-30T00:00:00Z", "2025-10-21T25:00:00Z", "2025-10-21T14:30:00+25:00", "",
+    "2025-10-21T14:30:00Z trailing",
+])
+def test_timestamps_without_zone_or_invalid_are_refused(stamp) -> None:
+    assert check_timestamp(stamp) is not None
+
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"topic": ...}, "topic", "required"),
+    ({"event_id": ""}, "event_id", "empty"),
+    ({"source": "   "}, "source", "empty"),
+    ({"topic": 5}, "topic", "string"),
+    ({"event_id": "x" * 17}, "event_id", "at most 16"),
+    ({"timestamp": "2025-10-21T14:30:00"}, "timestamp", "time zone"),
+    ({"timestamp": 1700000000}, "timestamp", "string"),
+    ({"payload": [1, 2]}, "payload", "object"),
+    ({"payload": {"big": "x" * 100}}, "payload", "at most 64 bytes"),
+    ({"payload": {"b": b"\xff"}}, "payload", "JSON"),
+])
+def test_each_invalid_field_is_named(changes, field, words) -> None:
+    with pytest.raises(InvalidEvents) as caught:
+        validate_batch([event(), event(**changes)], LIMITS)
+    errors = caught.value.errors
+    assert [(e.index, e.field) for e in errors] == [(1, field)]
+    assert words in errors[0].reason
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(InvalidEvents) as caught:
+        validate_batch([event(topic=""), "nope", event(payload=None)], LIMITS)
+    assert [(e.index, e.field) for e in caught.value.errors] == [(0, "topic"), (1, None), (2, "payload")]
+
+
+def test_batch_limits() -> None:
+    with pytest.raises(InvalidEvents, match="at most 3 events"):
+        validate_batch([event()] * 4, LIMITS)
+    with pytest.raises(InvalidEvents, match="empty"):
+        validate_batch([], LIMITS)
+
+
+def test_valid_events_come_out_in_wire_form() -> None:
+    out = validate_batch([event(), event(event_id="f", extra="ignored")], LIMITS)
+    assert out == [("t", "e", "2025-10-21T14:30:00Z", "s", b'{"a":1}'),
+                   ("t", "f", "2025-10-21T14:30:00Z", "s", b'{"a":1}')]
+
+
+def test_body_shapes() -> None:
+    assert events_of_body(event()) == ([event()], True)
+    assert events_of_body({"events": [event()]}) == ([event()], False)
+    for bad in ([event()], "x", {"events": {"a": 1}}):
+        with pytest.raises(InvalidEvents):
+            events_of_body(bad)

@@ -1,0 +1,162 @@
+"""The HTTP contract, against a real running agg."""
+
+import signal
+import os
+
+import pytest
+
+from conftest import AggSystem, http_request, make_event, wait_until
+
+
+def events_of(system: AggSystem, query: str = ""):
+    status, _, body = system.get("/events" + query)
+    assert status == 200, body
+    assert body["count"] == len(body["events"])
+    return body["events"]
+
+
+def test_single_event_and_batch_answers_keep_the_seed_shape(agg: AggSystem) -> None:
+    status, _, body = agg.post("/publish", make_event())
+    assert status == 200
+    assert body == {"status": "accepted", "received": 1, "queued": 1, "stored": 1, "duplicates": 0}
+    status, _, body = agg.post("/publish", {"events": [make_event(event_id="a"), make_event(event_id="b")]})
+    assert status == 200 and body["received"] == 2 and body["stored"] == 2
+    (first, *_rest) = events_of(agg)
+    assert set(first) == {"topic", "event_id", "timestamp", "source", "payload", "received_at"}
+    assert first["payload"] == {"user_id": 123}
+    status, _, health = agg.get("/health")
+    assert status == 200 and health["status"] == "healthy"
+
+
+def test_duplicates_within_a_batch_across_requests_and_topics(agg: AggSystem) -> None:
+    batch = [make_event(event_id="x"), make_event(event_id="x"), make_event(event_id="y")]
+    status, _, body = agg.post("/publish", {"events": batch})
+    assert (status, body["stored"], body["duplicates"]) == (200, 2, 1)
+    status, _, body = agg.post("/publish", {"events": batch})
+    assert (body["stored"], body["duplicates"]) == (0, 3)
+    # The same id in another topic is another event.
+    status, _, body = agg.post("/publish", make_event(topic="order.placed", event_id="x"))
+    assert (body["stored"], body["duplicates"]) == (1, 0)
+    stats = agg.wait_stats(received=7, unique=3, duplicates=4)
+    assert stats["topic_counts"]["user.created"] == {
+        "received": 6, "unique_processed": 2, "duplicate_dropped": 4}
+    stored = {(e["topic"], e["event_id"]) for e in events_of(agg)}
+    assert stored == {("user.created", "x"), ("user.created", "y"), ("order.placed", "x")}
+    assert [e["event_id"] for e in events_of(agg, "?topic=order.placed")] == ["x"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"events": [make_event(), make_event(timestamp="2025-10-21T14:30:00")]}, "timestamp"),
+    ({"events": [make_event(), make_event(payload="text")]}, "payload"),
+    ({"events": [make_event(), {k: v for k, v in make_event().items() if k != "source"}]}, "source"),
+    ({"events": [make_event(), make_event(event_id="")]}, "event_id"),
+    ({"events": [make_event(), make_event(topic=["a"])]}, "topic"),
+    ({"events": [make_event(), make_event(topic="t" * 257)]}, "topic"),
+])
+def test_an_invalid_event_refuses_the_whole_batch(agg: AggSystem, body, field) -> None:
+    status, _, answer = agg.post("/publish", body)
+    assert status == 422
+    assert answer["errors"] == [{"index": 1, "field": field, "message": answer["errors"][0]["message"]}]
+    assert f"event 1: {field}" in answer["description"]
+    assert events_of(agg) == []  # event 0 was valid, and it was not stored either
+    stats = wait_until(lambda: (lambda s: s if s["rejected"] >= 1 else None)(agg.stats()),
+                       message="the rejection counted")
+    assert stats["received"] == 0 and stats["rejected_by_reason"] == {"invalid_event": 1}
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "one event object"),
+    (b'{"events": 5}', "must be an array"),
+    (b'{"events": []}', "empty"),
+])
+def test_malformed_bodies_get_422_json(agg: AggSystem, raw, words) -> None:
+    status, headers, answer = agg.post("/publish", raw=raw)
+    assert status == 422 and headers["content-type"].startswith("application/json")
+    assert words in answer["description"]
+
+
+def test_size_limits(agg_factory) -> None:
+    system = agg_factory(limits_max_body_bytes=2000, limits_max_batch_events=5)
+    status, _, answer = system.post("/publish", raw=b"{" + b" " * 3000 + b"}")
+    assert status == 413 and "2000" in answer["description"]
+    status, _, answer = system.post("/publish", {"events": [make_event(event_id=str(i)) for i in range(6)]})
+    assert status == 422 and "at most 5 events" in answer["description"]
+    assert events_of(system) == []
+
+
+def test_paging_with_a_cursor_returns_each_event_once_in_processing_order(agg: AggSystem) -> None:
+    topics = ["a", "b", "c", "d", "e"]
+    sent = []
+    for round_ in range(6):
+        batch = [make_event(topic=t, event_id=f"{round_}-{t}") for t in topics]
+        assert agg.post("/publish", {"events": batch})[0] == 200
+        sent += [(e["topic"], e["event_id"]) for e in batch]
+    full = [(e["topic"], e["event_id"]) for e in events_of(agg)]
+    assert sorted(full) == sorted(sent)
+    # Processing order: each round's events come after the previous round's.
+    rounds = [int(event_id.split("-")[0]) for _t, event_id in full]
+    assert rounds == sorted(rounds)
+
+    paged, cursor, pages = [], "", 0
+    while True:
+        status, _, body = agg.get(f"/events?limit=7{'&cursor=' + cursor if cursor else ''}")
+        assert status == 200 and body["count"] <= 7
+        paged += [(e["topic"], e["event_id"]) for e in body["events"]]
+        cursor = body["next_cursor"]
+        pages += 1
+        if not body["has_more"]:
+            break
+    assert paged == full and pages == 5
+    # The last cursor stays valid: it yields exactly what is committed after it.
+    agg.post("/publish", make_event(topic="z", event_id="late"))
+    status, _, body = agg.get(f"/events?limit=7&cursor={cursor}")
+    assert [(e["topic"], e["event_id"]) for e in body["events"]] == [("z", "late")]
+
+    by_topic = [e["event_id"] for e in events_of(agg, "?topic=c")]
+    assert by_topic == [f"{r}-c" for r in range(6)]
+    status, _, body = agg.get("/events?topic=c&limit=4")
+    assert [e["event_id"] for e in body["events"]] == by_topic[:4]
+    status, _, body = agg.get(f"/events?topic=c&limit=4&cursor={body['next_cursor']}")
+    assert [e["event_id"] for e in body["events"]] == by_topic[4:]
+
+
+@pytest.mark.parametrize("query, status_code", [
+    ("?cursor=!!!", 400), ("?cursor=gQMB%2B", 400), ("?limit=0", 400), ("?limit=abc", 400),
+    ("?limit=1000000", 400), ("?topic=%27%3B%20DROP%20TABLE%20events%3B--", 200),
+])
+def test_bad_query_parameters(agg: AggSystem, query, status_code) -> None:
+    status, _, body = agg.get("/events" + query)
+    assert status == status_code, body
+    if status_code == 400:
+        assert body["title"] and body["description"]
+    else:
+        assert body == {"events": [], "count": 0}
+
+
+def test_unknown_route_and_method_answer_json(agg: AggSystem) -> None:
+    status, headers, body = agg.get("/nope")
+    assert status == 404 and headers["content-type"].startswith("application/json")
+    status, _, body = http_request(agg.url + "/publish", "GET")
+    assert status == 405
+
+
+def test_health_and_publish_say_503_when_a_worker_is_stopped(agg_factory) -> None:
+    system = agg_factory(stats_stale_after_s=0.5, limits_ack_timeout_s=0.5, limits_retry_after_s=2)
+    pid = system.child_pid("worker.0")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, _, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(system.get("/health")),
+                                     message="/health to notice")
+        assert body["status"] == "unhealthy" and body["missing"] == ["worker 0"]
+        # Find a topic of worker 0 (partition p is owned by worker p % 2).
+        from agg.partition import partition_of
+        topic = next(t for t in (f"t{i}" for i in range(100)) if partition_of(t, 8) % 2 == 0)
+        status, headers, body = system.post("/publish", make_event(topic=topic))
+        assert status == 503 and headers["retry-after"] == "2"
+        assert "worker 0" in body["description"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: system.get("/health")[0] == 200, message="recovery")
+    assert system.post("/publish", make_event(topic=topic))[0] == 200

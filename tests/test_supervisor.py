@@ -1,0 +1,78 @@
+"""The supervisor: start in order, restart the dead, give up on the flapping, stop cleanly."""
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import AggSystem, wait_until
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_every_process_with_status_0(agg_factory, signum) -> None:
+    system: AggSystem = agg_factory()
+    children = dict(system.endpoints["children"])
+    assert set(children) == {"stats", "worker.0", "worker.1", "front", "ingest"}
+    system.proc.send_signal(signum)
+    assert system.proc.wait(30) == 0
+    for pid in children.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not os.path.exists(os.path.join(system.run_dir, "endpoints.json"))
+    log = system.log_text()
+    assert "killing" not in log and "Traceback" not in log
+
+
+def test_dead_child_is_restarted(agg: AggSystem) -> None:
+    old = agg.child_pid("worker.1")
+    os.kill(old, signal.SIGKILL)
+
+    def restarted():
+        stats = agg.stats()
+        worker = stats["workers"]["1"]
+        return stats if worker["alive"] and worker["pid"] != old else None
+    stats = wait_until(restarted, 15, message="worker.1 restarted")
+    assert stats["restarts"]["worker.1"] == 1
+    assert agg.post("/publish", {"topic": "t", "event_id": "1", "timestamp": "2025-10-21T14:30:00Z",
+                                 "source": "s", "payload": {}})[0] == 200
+
+
+def test_gives_up_on_a_child_that_keeps_dying(agg_factory) -> None:
+    system: AggSystem = agg_factory(supervisor_max_restarts=2)
+    # Make worker 0's shards unreadable, then kill it: every restart fails.
+    for path in glob.glob(os.path.join(system.data_dir, "shard-*")):
+        partition = int(os.path.basename(path)[6:10])
+        if partition % 2 == 0:
+            with open(path, "r+b") as fh:
+                fh.write(b"this is not a database" * 10)
+    os.kill(system.child_pid("worker.0"), signal.SIGKILL)
+    assert system.proc.wait(60) == 1
+    log = system.log_text()
+    assert "giving up" in log and "not a database" in log
+    assert "Traceback" not in log
+
+
+def test_second_agg_on_the_same_data_dir_is_refused(agg: AggSystem, tmp_base) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+    out = subprocess.run([sys.executable, "-m", "agg", "run", "--data-dir", agg.data_dir,
+                          "--run-dir", agg.run_dir, "--http-port", "0"],
+                         capture_output=True, text=True, env=env, timeout=30, cwd=tmp_base)
+    assert out.returncode == 2 and "already running" in out.stderr
+    assert agg.get("/health")[0] == 200
+
+
+def test_start_fails_clearly_when_the_http_port_is_taken(agg_factory) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        system = agg_factory(wait=False, http_port=taken.getsockname()[1])
+        assert system.proc.wait(30) == 1
+        log = system.log_text()
+        assert "cannot bind" in log and "start-up failed" in log and "Traceback" not in log
+    finally:
+        taken.close()
