@@ -291,6 +291,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def run(config: configmod.Config) -> int:
+    lifecycle.die_with_supervisor()
     try:
         sock = bind_socket(config.http_host, config.http_port)
     except OSError as exc:

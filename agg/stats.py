@@ -36,7 +36,7 @@ class Totals:
     """The state of the stats process: latest snapshots, and their sum."""
 
     def __init__(self, workers: int, stale_after: float) -> None:
-        self.started = time.time()
+        self.started = lifecycle.started_at()
         self.expected_workers = workers
         self.stale_after = stale_after
         # partition -> [received, unique, duplicates, {topic: [r, u, d]}]

@@ -20,7 +20,6 @@ the supervisor give up, stop everything and exit 1.
 from __future__ import annotations
 
 import collections
-import ctypes
 import fcntl
 import json
 import logging
@@ -50,15 +49,6 @@ class StartupFailed(Exception):
     pass
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the supervisor dies (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Child:
     def __init__(self, name: str, role: str, index: int, module: str, args: List[str]) -> None:
         self.name = name
@@ -78,8 +68,7 @@ class Child:
         self.ready = False
         self.restart_at = None
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL)
         log.info("started %s pid=%d", self.name, self.proc.pid)
 
     @property
@@ -97,6 +86,9 @@ class Supervisor:
         self.env = dict(os.environ)
         self.env[configmod.RESOLVED_ENV] = config.to_json()
         self.env[lifecycle.SUPERVISED_ENV] = "1"
+        self.env[lifecycle.SUPERVISOR_PID_ENV] = str(os.getpid())
+        self.env[lifecycle.STARTED_AT_ENV] = repr(time.time())
+        self.started = False  # True once every stage is READY
         self.stats = Child("stats", "stats", 0, "agg.stats", [])
         self.workers = [Child(f"worker.{i}", "worker", i, "agg.worker", ["--index", str(i)])
                         for i in range(config.workers)]
@@ -135,6 +127,8 @@ class Supervisor:
                         child.ready = True
                         child.endpoint = body.get("endpoint")
                         log.info("%s is ready (%s)", child.name, child.endpoint)
+                        if self.started:
+                            self.write_endpoints()  # a restarted edge may have a new port
             except (protocol.ProtocolError, KeyError, TypeError) as exc:
                 log.warning("ignored a bad control message: %s", exc)
 
@@ -279,6 +273,7 @@ def run(config: configmod.Config) -> int:
     try:
         for stage in supervisor.stages:
             supervisor.start_stage(stage)
+        supervisor.started = True
         supervisor.write_endpoints()
         supervisor.publish_restarts(force=True)
         http = next((c.endpoint for c in supervisor.edges if c.role == "front"), None)

@@ -76,3 +76,20 @@ def test_start_fails_clearly_when_the_http_port_is_taken(agg_factory) -> None:
         assert "cannot bind" in log and "start-up failed" in log and "Traceback" not in log
     finally:
         taken.close()
+
+
+def test_children_stop_when_the_supervisor_is_killed(agg: AggSystem) -> None:
+    children = dict(agg.endpoints["children"])
+    agg.proc.kill()
+    agg.proc.wait(10)
+
+    def all_gone():
+        for pid in children.values():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().split(")")[-1].split()[0] != "Z":
+                        return False
+            except OSError:
+                pass
+        return True
+    wait_until(all_gone, 20, message="orphaned children to stop")
