@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -261,6 +261,22 @@ def load(args: Optional[argparse.Namespace] = None,
             if value is not None:
                 values[attr_name(setting.key)] = _coerce(setting, value, flag_name(setting.key))
     return _finish(values)
+
+
+def from_command_line(prog: str, description: str, argv: Optional[Sequence[str]],
+                      extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+                      ) -> Tuple[argparse.Namespace, Config]:
+    """Parse an actor's command line; on a bad setting print one line and exit 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    if extra is not None:
+        extra(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args, load(args)
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def defaults() -> Config:

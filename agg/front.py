@@ -13,13 +13,10 @@ Falcon's typed HTTP errors rendered as JSON ``{"title", "description"[, "errors"
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import logging
 import signal
 import socket
-import sys
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence
 
 import falcon
@@ -320,14 +317,7 @@ def _has(module: str) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="agg-front", description="run the agg HTTP front")
-    configmod.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = configmod.load(args)
-    except configmod.ConfigError as exc:
-        print(f"agg-front: config error: {exc}", file=sys.stderr)
-        return 2
+    _args, config = configmod.from_command_line("agg-front", "run the agg HTTP front", argv)
     lifecycle.setup_logging("front", config.log_level)
     return run(config)
 

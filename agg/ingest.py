@@ -24,10 +24,8 @@ connection (ZeroMQ's MAXMSGSIZE); anything else malformed gets an ERR frame.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import sys
 from typing import Any, List, Optional, Sequence, Set
 
 import zmq
@@ -180,14 +178,7 @@ def run(config: configmod.Config) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="agg-ingest", description="run the agg native ZeroMQ ingest")
-    configmod.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = configmod.load(args)
-    except configmod.ConfigError as exc:
-        print(f"agg-ingest: config error: {exc}", file=sys.stderr)
-        return 2
+    _args, config = configmod.from_command_line("agg-ingest", "run the agg native ZeroMQ ingest", argv)
     lifecycle.setup_logging("ingest", config.log_level)
     return run(config)
 

@@ -18,9 +18,7 @@ for ``stats.stale_after_s``.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -181,14 +179,7 @@ def run(config: configmod.Config) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="agg-stats-server", description="run the agg stats process")
-    configmod.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = configmod.load(args)
-    except configmod.ConfigError as exc:
-        print(f"agg-stats-server: config error: {exc}", file=sys.stderr)
-        return 2
+    _args, config = configmod.from_command_line("agg-stats-server", "run the agg stats process", argv)
     lifecycle.setup_logging("stats", config.log_level)
     return run(config)
 

@@ -18,12 +18,10 @@ publisher resends.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import os
 import sqlite3
-import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -258,15 +256,9 @@ def run(config: configmod.Config, index: int) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="agg-worker", description="run one agg dedup worker")
-    parser.add_argument("--index", type=int, default=0, help="worker index, from 0")
-    configmod.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = configmod.load(args)
-    except configmod.ConfigError as exc:
-        print(f"agg-worker: config error: {exc}", file=sys.stderr)
-        return 2
+    args, config = configmod.from_command_line(
+        "agg-worker", "run one agg dedup worker", argv,
+        lambda parser: parser.add_argument("--index", type=int, default=0, help="worker index, from 0"))
     lifecycle.setup_logging(f"worker.{args.index}", config.log_level)
     if not 0 <= args.index < config.workers:
         log.error("--index %d is outside 0..%d", args.index, config.workers - 1)
