@@ -18,6 +18,7 @@ a request is refused whole and the publisher learns all that is wrong at once.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -103,6 +104,16 @@ def _check_string(value: Any, limit: int) -> Optional[str]:
     return None
 
 
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -157,7 +168,11 @@ def validate_event(event: Any, limits: Limits, index: Optional[int],
         except (TypeError, orjson.JSONEncodeError) as exc:
             errors.append(EventError(index, "payload", f"cannot be encoded as JSON: {exc}"))
         else:
-            if len(payload_json) > limits.max_payload_bytes:
+            # orjson writes NaN and Infinity (possible in msgpack, not in JSON) as null:
+            # refuse them rather than store something else than was sent.
+            if b"null" in payload_json and _has_non_finite(payload):
+                errors.append(EventError(index, "payload", "NaN and Infinity are not JSON numbers"))
+            elif len(payload_json) > limits.max_payload_bytes:
                 errors.append(EventError(
                     index, "payload",
                     f"must be at most {limits.max_payload_bytes} bytes as JSON, got {len(payload_json)}"))

@@ -40,7 +40,8 @@ from .reporter import RejectReporter
 log = logging.getLogger("agg.ingest")
 
 # Batches being handled at once; past it a batch is answered ERR overload at once.
-MAX_CONCURRENT_BATCHES = 256
+# With limits.max_frame_bytes this bounds the ingest's memory.
+MAX_CONCURRENT_BATCHES = 64
 
 
 def configure_curve(ctx: zmq.asyncio.Context, sock: zmq.Socket, config: Any) -> Optional[Any]:
@@ -100,7 +101,8 @@ class Ingest:
                 raise protocol.ProtocolError(protocol.ERR_INVALID, "the events must be an array")
             events = validate_batch(items, self.limits)
         except protocol.ProtocolError as exc:
-            self.reporter.reject(f"invalid_{exc.code}")
+            self.reporter.reject("unknown_version" if exc.code == protocol.ERR_VERSION
+                                 else "malformed_message")
             await self.reply(rid, protocol.encode_err(req_id, exc.code, exc.reason))
             return
         except InvalidEvents as exc:

@@ -4,7 +4,8 @@ It builds ``--events`` events (default 5,000) over a few topics, of which a
 fraction ``--duplicates`` (default 0.2) are resends of earlier events, all
 derived from ``--seed``: the same seed gives the same ids, topics, payloads
 and order, so running it twice against the same data is 100% duplicates the
-second time. It sends them in batches of ``--batch-size`` from
+second time. It sends them, over HTTP or the native ZeroMQ ingest
+(``--transport zmq``), in batches of ``--batch-size`` from
 ``--concurrency`` connections, retries a batch with backoff on 503 or a lost
 connection (safe: agg drops the duplicates a retry creates), and ends with a
 summary of what agg acknowledged.
@@ -16,7 +17,6 @@ never acknowledged, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import http.client
 import json
@@ -28,6 +28,12 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import zmq
+
+from .client import Publisher, PublishResult, server_key_of
+
+Summary = PublishResult
 
 DEFAULT_TOPICS = ("user.created", "order.placed", "payment.processed", "inventory.updated",
                   "email.sent", "session.started", "cart.abandoned", "shipment.dispatched")
@@ -57,44 +63,6 @@ def make_events(count: int, duplicates: float, seed: int,
     events = uniques + [uniques[rng.randrange(unique_count)] for _ in range(dup_count)]
     rng.shuffle(events)
     return events
-
-
-@dataclasses.dataclass
-class Summary:
-    events: int = 0
-    acknowledged: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    failed: int = 0
-    retries: int = 0
-    batches: int = 0
-    elapsed: float = 0.0
-    errors: List[str] = dataclasses.field(default_factory=list)
-
-    def rate(self) -> float:
-        return self.acknowledged / self.elapsed if self.elapsed > 0 else 0.0
-
-    def to_json(self) -> Dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["events_per_s"] = round(self.rate(), 1)
-        out["elapsed"] = round(self.elapsed, 4)
-        out["errors"] = self.errors[:10]
-        return out
-
-    def render(self) -> str:
-        lines = [
-            f"events sent       {self.events}",
-            f"acknowledged      {self.acknowledged}",
-            f"  stored (new)    {self.stored}",
-            f"  duplicates      {self.duplicates}",
-            f"rejected (4xx)    {self.rejected}",
-            f"not acknowledged  {self.failed}",
-            f"retries           {self.retries}",
-            f"elapsed           {self.elapsed:.3f} s ({self.rate():,.0f} events/s)",
-        ]
-        lines += [f"error: {e}" for e in self.errors[:5]]
-        return "\n".join(lines)
 
 
 class Progress:
@@ -242,6 +210,15 @@ def publish(events: List[Dict[str, Any]], send: Callable[[List[Dict[str, Any]]],
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agg-publish", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transport", choices=("http", "zmq"), default="http",
+                        help="HTTP POST /publish, or the native ZeroMQ ingest [http]")
+    parser.add_argument("--endpoint", default=os.environ.get("AGG_INGEST", "tcp://127.0.0.1:5555"),
+                        help="the native ingest, for --transport zmq "
+                             "[$AGG_INGEST or tcp://127.0.0.1:5555]")
+    parser.add_argument("--curve-server-key", metavar="CERT",
+                        help="with --transport zmq: the ingest's public certificate (enables CURVE)")
+    parser.add_argument("--curve-client-cert", metavar="CERT",
+                        help="with --transport zmq: this publisher's secret certificate")
     parser.add_argument("--url", default=os.environ.get("AGG_URL", "http://127.0.0.1:8080"),
                         help="agg's HTTP base URL [$AGG_URL or http://127.0.0.1:8080]")
     parser.add_argument("--events", type=int, default=5000, help="events to send [5000]")
@@ -269,14 +246,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             or not 0 <= args.duplicates < 1:
         parser.error("--events, --batch-size, --concurrency must be >= 1, --duplicates in [0, 1), "
                      "--topics not empty")
-    try:
-        sender = HttpSender(args.url, args.timeout)
-    except ValueError as exc:
-        parser.error(str(exc))
     events = make_events(args.events, args.duplicates, args.seed, topics)
     progress = Progress(len(events), sys.stderr.isatty() and not args.no_progress)
-    summary = publish(events, sender.send, args.batch_size, args.concurrency, args.retries,
-                      args.max_backoff, time.monotonic() + args.time_limit, progress)
+    if args.transport == "zmq":
+        try:
+            server_key = server_key_of(args.curve_server_key) if args.curve_server_key else None
+            publisher = Publisher(args.endpoint, batch_size=args.batch_size,
+                                  max_inflight=args.concurrency, ack_timeout=args.timeout,
+                                  max_retries=args.retries, max_backoff=args.max_backoff,
+                                  curve_server_key=server_key,
+                                  curve_client_cert=args.curve_client_cert)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--curve-*: {exc}")
+        except zmq.ZMQError as exc:
+            parser.error(f"--endpoint {args.endpoint}: {exc}")
+        with publisher:
+            summary = publisher.publish(events, progress.advance)
+    else:
+        try:
+            sender = HttpSender(args.url, args.timeout)
+        except ValueError as exc:
+            parser.error(str(exc))
+        summary = publish(events, sender.send, args.batch_size, args.concurrency, args.retries,
+                          args.max_backoff, time.monotonic() + args.time_limit, progress)
     progress.finish()
     print(json.dumps(summary.to_json()) if args.json else summary.render())
     return 0 if summary.acknowledged == summary.events else 1

@@ -1,0 +1,208 @@
+"""The native ZeroMQ ingest and the Python publisher client, against a real agg."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agg import protocol
+from agg.client import AsyncPublisher, Publisher
+from agg.publish import make_events
+from conftest import AggSystem, make_event, wait_until
+
+
+class RawClient:
+    """A DEALER speaking raw frames, one request at a time."""
+
+    def __init__(self, endpoint: str, **sockopts) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for name, value in sockopts.items():
+            setattr(self.sock, name, value)
+        self.sock.connect(endpoint)
+
+    def ask(self, frames, timeout: float = 5.0):
+        self.sock.send_multipart(frames)
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        kind, body = protocol.decode(self.sock.recv_multipart())
+        return kind, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def batch_frames(req_id, events):
+    return [protocol.VERSION, protocol.BATCH, msgpack.packb([req_id, events])]
+
+
+@pytest.fixture
+def raw(agg: AggSystem):
+    client = RawClient(agg.ingest)
+    yield client
+    client.close()
+
+
+def test_native_demo_gives_the_same_figures_as_http(agg: AggSystem) -> None:
+    def run():
+        out = subprocess.run([sys.executable, "-m", "agg.publish", "--transport", "zmq",
+                              "--endpoint", agg.ingest, "--json", "--seed", "3"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+    first = run()
+    assert (first["acknowledged"], first["stored"], first["duplicates"]) == (5000, 4000, 1000)
+    agg.wait_stats(5000, 4000, 1000)
+    assert agg.get("/events")[2]["count"] == 4000
+    second = run()
+    assert (second["stored"], second["duplicates"]) == (0, 5000)
+    agg.wait_stats(10000, 4000, 6000)
+
+
+def test_ack_carries_one_status_per_event(agg: AggSystem, raw: RawClient) -> None:
+    events = [make_event(event_id="a"), make_event(event_id="a"), make_event(event_id="b")]
+    assert raw.ask(batch_frames(1, events)) == (protocol.OK, [1, b"\x01\x00\x01"])
+    assert raw.ask(batch_frames("two", events)) == (protocol.OK, ["two", b"\x00\x00\x00"])
+    agg.wait_stats(6, 2, 4)
+
+
+def test_invalid_event_gets_an_error_frame_and_stores_nothing(agg: AggSystem, raw: RawClient) -> None:
+    events = [make_event(event_id="ok"), make_event(timestamp="2025-10-21T14:30:00"),
+              make_event(payload={"x": float("nan")})]
+    kind, (req_id, code, reason, errors) = raw.ask(batch_frames(7, events))
+    assert (kind, req_id, code) == (protocol.ERR, 7, protocol.ERR_INVALID)
+    assert [e[:2] for e in errors] == [[1, "timestamp"], [2, "payload"]]
+    assert "nothing was stored" in reason
+    assert agg.get("/events")[2]["count"] == 0
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([b"agg0", protocol.BATCH, msgpack.packb([1, []])], protocol.ERR_VERSION),
+    ([protocol.VERSION, protocol.BATCH], protocol.ERR_INVALID),
+    ([protocol.VERSION, protocol.BATCH, b"\xc1garbage"], protocol.ERR_INVALID),
+    ([protocol.VERSION, protocol.BATCH, msgpack.packb([1, [make_event()]])[:-5]], protocol.ERR_INVALID),
+    ([protocol.VERSION, b"Z", msgpack.packb([1, []])], protocol.ERR_INVALID),
+    ([protocol.VERSION, protocol.BATCH, msgpack.packb({"a": 1})], protocol.ERR_INVALID),
+    ([protocol.VERSION, protocol.BATCH, msgpack.packb([1, []])], protocol.ERR_INVALID),
+    ([b""], protocol.ERR_INVALID),
+])
+def test_malformed_frames_get_an_error_frame(raw: RawClient, frames, code) -> None:
+    kind, body = raw.ask(frames)
+    assert kind == protocol.ERR and body[1] == code and body[2]
+
+
+def test_too_large_message_closes_only_that_connection(agg_factory) -> None:
+    system: AggSystem = agg_factory(limits_max_frame_bytes=20000)
+    big = RawClient(system.ingest)
+    small = RawClient(system.ingest)
+    try:
+        assert big.ask(batch_frames(1, [make_event(payload={"x": "y" * 30000})]), timeout=1.0) is None
+        assert small.ask(batch_frames(2, [make_event()]))[0] == protocol.OK
+    finally:
+        big.close()
+        small.close()
+    assert system.stats()["restarts"]["ingest"] == 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-1000, 1000), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.one_of(
+    st.lists(st.binary(max_size=64), min_size=1, max_size=5),
+    st.builds(lambda body: [protocol.VERSION, protocol.BATCH, msgpack.packb(body, use_bin_type=True)],
+              st.lists(json_values, max_size=3)),
+    st.builds(lambda rid, events: [protocol.VERSION, protocol.BATCH,
+                                   msgpack.packb([rid, events], use_bin_type=True)],
+              json_values, st.lists(st.dictionaries(
+                  st.sampled_from(["topic", "event_id", "timestamp", "source", "payload"]),
+                  json_values, max_size=5), min_size=1, max_size=3)),
+    st.builds(lambda cut: [protocol.VERSION, protocol.BATCH,
+                           msgpack.packb([1, [make_event()]])[:cut]], st.integers(0, 100)),
+))
+def test_fuzzed_frames_never_crash_or_store(agg: AggSystem, raw: RawClient, frames) -> None:
+    answer = raw.ask(frames)
+    assert answer is not None, "every message gets an answer"
+    kind, body = answer
+    assert kind in (protocol.OK, protocol.ERR)
+    if kind == protocol.OK:  # only a valid batch may be stored
+        assert len(body[1]) >= 1
+
+
+def test_garbage_leaves_the_connection_and_process_serving(agg: AggSystem, raw: RawClient) -> None:
+    # After garbage, the same connection and the same process still work, and count it.
+    for frames in ([b"\x00"], [b"agg1", b"B", b"\xff" * 100], [protocol.VERSION, protocol.BATCH, b""]):
+        assert raw.ask(frames)[0] == protocol.ERR
+    assert raw.ask(batch_frames(9, [make_event()]))[0] == protocol.OK
+    agg.wait_stats(1, 1, 0)
+    stats = wait_until(lambda: (lambda s: s if s["rejected"] == 3 else None)(agg.stats()),
+                       message="3 rejects counted")
+    assert stats["restarts"]["ingest"] == 0
+    assert stats["rejected_by_reason"] == {"malformed_message": 3}
+
+
+def test_sigkill_of_a_worker_mid_stream_loses_no_acknowledged_event(agg_factory) -> None:
+    system: AggSystem = agg_factory()
+    events = make_events(40000, 0.2, seed=21)
+    expected = {(e["topic"], e["event_id"]) for e in events}
+    acked = []
+    victim = system.child_pid("worker.1")
+
+    def on_ack(n):
+        acked.append(n)
+        if sum(acked) >= 8000 and len(acked) == 8000 // 500:
+            os.kill(victim, signal.SIGKILL)
+    with Publisher(system.ingest, batch_size=500, max_inflight=4, ack_timeout=5, max_backoff=0.5) as pub:
+        result = pub.publish(events, on_ack)
+    assert result.acknowledged == len(events) and result.failed == 0
+    assert result.retries > 0, "the kill happened mid-stream, so some batch was refused or lost"
+    wait_until(lambda: system.get("/health")[0] == 200, 30, message="worker.1 back")
+    stored = [(e["topic"], e["event_id"]) for e in system.get("/events")[2]["events"]]
+    assert len(stored) == len(set(stored)) and set(stored) == expected
+    stats = system.stats()
+    assert stats["unique_processed"] == len(expected)
+    assert stats["received"] == stats["unique_processed"] + stats["duplicate_dropped"]
+    assert stats["restarts"]["worker.1"] == 1
+
+
+def test_async_publisher(agg: AggSystem) -> None:
+    async def go():
+        async with AsyncPublisher(agg.ingest, batch_size=100, max_inflight=3) as pub:
+            return await pub.publish(make_events(1000, 0.2, seed=4))
+    result = asyncio.run(go())
+    assert (result.acknowledged, result.stored, result.duplicates) == (1000, 800, 200)
+
+
+def test_curve_admits_listed_clients_only(agg_factory, tmp_base) -> None:
+    import zmq.auth
+    keys = os.path.join(tmp_base, "keys")
+    allowed = os.path.join(tmp_base, "allowed")
+    os.makedirs(keys)
+    os.makedirs(allowed)
+    server_public, server_secret = zmq.auth.create_certificates(keys, "server")
+    client_public, client_secret = zmq.auth.create_certificates(keys, "client")
+    _stranger_public, stranger_secret = zmq.auth.create_certificates(keys, "stranger")
+    os.rename(client_public, os.path.join(allowed, "client.key"))
+    system: AggSystem = agg_factory(ingest_curve_secret_key=server_secret, ingest_curve_clients_dir=allowed)
+    server_key = zmq.auth.load_certificate(server_public)[0]
+
+    def attempt(**kwargs):
+        with Publisher(system.ingest, ack_timeout=1.0, max_retries=1, max_backoff=0.1, **kwargs) as pub:
+            return pub.publish([make_event(event_id=str(kwargs))])
+
+    assert attempt(curve_server_key=server_key, curve_client_cert=client_secret).acknowledged == 1
+    assert attempt(curve_server_key=server_key, curve_client_cert=stranger_secret).acknowledged == 0
+    assert attempt().acknowledged == 0  # no CURVE at all
+    system.wait_stats(1, 1, 0)
