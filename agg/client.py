@@ -110,7 +110,8 @@ class _Session:
     """The bookkeeping of one ``publish`` run, with no I/O: which batches to send,
     which are in flight since when, what came back, what to resend."""
 
-    def __init__(self, events: Sequence[Dict[str, Any]], batch_size: int, max_inflight: int,
+    def __init__(self, endpoint: str, events: Sequence[Dict[str, Any]], batch_size: int,
+                 max_inflight: int,
                  ack_timeout: float, max_retries: int, max_backoff: float, ids: Any,
                  on_ack: Optional[Callable[[int], None]] = None) -> None:
         self.queue = [_Batch(list(events[i:i + batch_size])) for i in range(0, len(events), batch_size)]
@@ -121,6 +122,7 @@ class _Session:
         self.max_retries = max_retries
         self.max_backoff = max_backoff
         self.ids = ids
+        self.endpoint = endpoint
         self.on_ack = on_ack
         self.result = PublishResult(events=len(events), batches=len(self.queue))
 
@@ -178,6 +180,11 @@ class _Session:
             self.result.rejected += len(batch.events)
             self.result.errors.append(f"{code}: {reason}")
 
+    def unsent(self, req_id: int, now: float) -> None:
+        """The socket had no peer to take this batch (agg down, or CURVE refused us)."""
+        batch, _sent = self.inflight.pop(req_id)
+        self._retry(batch, f"not connected to agg at {self.endpoint}", now)
+
     def expire(self, now: float) -> None:
         for req_id, (batch, sent) in list(self.inflight.items()):
             if now - sent >= self.ack_timeout:
@@ -216,7 +223,7 @@ class _Base:
 
     def _session(self, events: Iterable[Dict[str, Any]],
                  on_ack: Optional[Callable[[int], None]]) -> _Session:
-        return _Session(list(events), self.batch_size, self.max_inflight, self.ack_timeout,
+        return _Session(self.endpoint, list(events), self.batch_size, self.max_inflight, self.ack_timeout,
                         self.max_retries, self.max_backoff, self.ids, on_ack)
 
     def close(self) -> None:
@@ -234,8 +241,12 @@ class Publisher(_Base):
         start = time.monotonic()
         while not session.done:
             now = time.monotonic()
-            for _req_id, frames in session.to_send(now):
-                self.sock.send_multipart(frames)
+            for req_id, frames in session.to_send(now):
+                try:
+                    # NOBLOCK: a DEALER with no peer (agg down, CURVE refused) would block forever.
+                    self.sock.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    session.unsent(req_id, now)
             if self.sock.poll(max(1, int(session.wait_time(now) * 1000))):
                 while True:
                     try:
@@ -268,8 +279,11 @@ class AsyncPublisher(_Base):
         start = loop.time()
         while not session.done:
             now = time.monotonic()
-            for _req_id, frames in session.to_send(now):
-                await self.sock.send_multipart(frames)
+            for req_id, frames in session.to_send(now):
+                try:
+                    await self.sock.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    session.unsent(req_id, now)
             if await self.sock.poll(max(1, int(session.wait_time(now) * 1000))):
                 while True:
                     try:
