@@ -26,6 +26,7 @@ setup(
             "agg=agg.cli:main",
             "agg-publish=agg.publish:main",
             "agg-stats=agg.statscli:main",
+            "agg-bench=agg.bench:main",
         ],
     },
 )

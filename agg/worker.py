@@ -64,7 +64,8 @@ class Worker:
         for p in self.partitions:
             path = shard_path(config.data_dir, p)
             try:
-                self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib)
+                self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib,
+                                       config.storage_wal_autocheckpoint)
             except sqlite3.DatabaseError as exc:
                 raise sqlite3.DatabaseError(f"{path}: {exc}") from None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
@@ -224,8 +225,18 @@ class Worker:
         while not stop:
             if poller.poll(tick_ms):
                 self.drain()
+            else:
+                self.checkpoint_idle()
             self.maybe_publish()
         self.maybe_publish(force=True)
+
+    def checkpoint_idle(self) -> None:
+        """A tick with no request: a good time to shrink the WALs."""
+        for p, shard in self.shards.items():
+            try:
+                shard.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("checkpoint of shard %d failed: %s", p, exc)
 
     def close(self) -> None:
         for shard in self.shards.values():
