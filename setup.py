@@ -14,6 +14,7 @@ setup(
         "falcon>=3.1.1",
         "uvicorn>=0.29",
         "orjson>=3.9",
+        "msgspec>=0.18",
         "tomli>=2.0; python_version < '3.11'",
         "uvloop>=0.19; sys_platform != 'win32'",
         "httptools>=0.6",

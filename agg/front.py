@@ -31,7 +31,8 @@ from . import lifecycle, protocol
 from .dispatch import (Overloaded, Peer, PeerError, Unavailable, WorkerPool, decode_cursor,
                        encode_cursor)
 from .reporter import RejectReporter
-from .events import InvalidEvents, Limits, events_of_body, validate_batch
+from .events import (FastJsonDecoder, InvalidEvents, Limits, WireEvent, events_of_body,
+                     validate_batch)
 
 log = logging.getLogger("agg.front")
 
@@ -110,6 +111,7 @@ class Publish:
         self.backends = backends
         config = backends.config
         self.limits = Limits.from_config(config)
+        self.fast = FastJsonDecoder(self.limits)
         self.max_body = config.limits_max_body_bytes
         self.retry_after = config.limits_retry_after_s
 
@@ -129,8 +131,8 @@ class Publish:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        raw = await self.read_body(req)
+    def validate(self, raw: bytes) -> List[WireEvent]:
+        """The slow path: parse, then name every problem of an invalid request."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -138,11 +140,17 @@ class Publish:
             raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
         try:
             items, single = events_of_body(body)
-            events = validate_batch(items, self.limits, single)
+            return validate_batch(items, self.limits, single)
         except InvalidEvents as exc:
             self.backends.reject("invalid_event")
             raise InvalidRequest(f"{exc}; nothing was stored",
                                  [e.to_json() for e in exc.errors]) from None
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        raw = await self.read_body(req)
+        events = self.fast.decode(raw)
+        if events is None:
+            events = self.validate(raw)
         try:
             statuses = await self.backends.pool.store(events)
         except (Overloaded, Unavailable) as exc:

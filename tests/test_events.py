@@ -76,3 +76,54 @@ def test_body_shapes() -> None:
     for bad in ([event()], "x", {"events": {"a": 1}}):
         with pytest.raises(InvalidEvents):
             events_of_body(bad)
+
+
+# -- the fast path accepts only what the slow path accepts ----------------------------------
+
+import json  # noqa: E402
+
+import orjson  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from agg.events import FastJsonDecoder  # noqa: E402
+
+FAST = FastJsonDecoder(LIMITS)
+field_text = st.sampled_from(["t", "e", " ", "", "x" * 16, "x" * 17, "ü", "a\x00b"]) | st.text(max_size=18)
+stamps = st.sampled_from(["2025-10-21T14:30:00Z", "2025-02-29T00:00:00Z", "2024-02-29T23:59:59+14:00",
+                          "2025-04-31T00:00:00Z", "2025-10-21T14:30:00", "2025-10-21 14:30:00.5-05:30",
+                          "2025-10-21T24:00:00Z", "2025-10-21T14:30:00+24:00"])
+payloads = st.sampled_from([{}, {"a": 1}, [], "x", None, {"big": "y" * 70}, {"n": {"m": [1, 2.5]}}])
+
+
+def body_strategy():
+    event = st.fixed_dictionaries({}, optional={
+        "topic": field_text, "event_id": field_text, "timestamp": stamps | field_text,
+        "source": field_text, "payload": payloads, "extra": st.integers()})
+    return st.one_of(event, st.fixed_dictionaries({"events": st.lists(event, max_size=4)}),
+                     st.fixed_dictionaries({"events": st.lists(event, max_size=2), "topic": field_text}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=body_strategy(), spaced=st.booleans())
+def test_fast_decoder_agrees_with_validation(body, spaced) -> None:
+    raw = json.dumps(body, indent=1 if spaced else None).encode()
+    fast = FAST.decode(raw)
+    try:
+        items, single = events_of_body(orjson.loads(raw))
+        slow = validate_batch(items, LIMITS, single)
+    except InvalidEvents:
+        slow = None
+    if fast is not None:
+        assert slow is not None, f"fast path accepted what validation refuses: {raw!r}"
+        assert [e[:4] for e in fast] == [e[:4] for e in slow]
+        assert [orjson.loads(e[4]) for e in fast] == [orjson.loads(e[4]) for e in slow]
+
+
+def test_fast_decoder_takes_valid_bodies_and_keeps_the_payload_text() -> None:
+    raw = b'{"events": [{"topic": "t", "event_id": "e", "timestamp": "2025-10-31T14:30:00Z",' \
+          b' "source": "s", "payload": {"a": [1, 2]}, "extra": 1}]}'
+    assert FAST.decode(raw) == [("t", "e", "2025-10-31T14:30:00Z", "s", b'{"a": [1, 2]}')]
+    single = json.dumps(event(), separators=(",", ":")).encode()
+    assert FAST.decode(single) == validate_batch([event()], LIMITS)
+    assert FAST.decode(json.dumps(event(timestamp="2025-02-30T00:00:00Z")).encode()) is None
