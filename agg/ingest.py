@@ -34,7 +34,7 @@ import zmq.asyncio
 from . import config as configmod
 from . import lifecycle, protocol
 from .dispatch import Overloaded, Unavailable, WorkerPool
-from .events import InvalidEvents, Limits, validate_batch
+from .events import FastMsgpackDecoder, InvalidEvents, Limits, WireEvent, validate_batch
 from .reporter import RejectReporter
 
 log = logging.getLogger("agg.ingest")
@@ -71,6 +71,7 @@ class Ingest:
     def __init__(self, config: configmod.Config) -> None:
         self.config = config
         self.limits = Limits.from_config(config)
+        self.fast = FastMsgpackDecoder(self.limits)
         self.ctx = zmq.asyncio.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 1000)
@@ -91,6 +92,12 @@ class Ingest:
 
     async def handle(self, rid: bytes, frames: List[bytes]) -> None:
         req_id: Any = None
+        fast = None
+        if len(frames) == 3 and frames[0] == protocol.VERSION and frames[1] == protocol.BATCH:
+            fast = self.fast.decode(frames[2])
+        if fast is not None:
+            await self.store(rid, *fast)
+            return
         try:
             kind, body = protocol.decode(frames)
             if kind != protocol.BATCH or not isinstance(body, list) or len(body) != 2:
@@ -111,6 +118,9 @@ class Ingest:
                 req_id, protocol.ERR_INVALID, f"{exc}; nothing was stored",
                 [[e.index, e.field, e.reason] for e in exc.errors]))
             return
+        await self.store(rid, req_id, events)
+
+    async def store(self, rid: bytes, req_id: Any, events: List[WireEvent]) -> None:
         try:
             statuses = await self.pool.store(events)
         except Overloaded as exc:

@@ -99,7 +99,7 @@ payloads = st.sampled_from([{}, {"a": 1}, [], "x", None, {"big": "y" * 70}, {"n"
 def body_strategy():
     event = st.fixed_dictionaries({}, optional={
         "topic": field_text, "event_id": field_text, "timestamp": stamps | field_text,
-        "source": field_text, "payload": payloads, "extra": st.integers()})
+        "source": field_text, "payload": payloads, "extra": st.integers(-2**63, 2**63 - 1)})
     return st.one_of(event, st.fixed_dictionaries({"events": st.lists(event, max_size=4)}),
                      st.fixed_dictionaries({"events": st.lists(event, max_size=2), "topic": field_text}))
 
@@ -127,3 +127,21 @@ def test_fast_decoder_takes_valid_bodies_and_keeps_the_payload_text() -> None:
     single = json.dumps(event(), separators=(",", ":")).encode()
     assert FAST.decode(single) == validate_batch([event()], LIMITS)
     assert FAST.decode(json.dumps(event(timestamp="2025-02-30T00:00:00Z")).encode()) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=body_strategy(), nan=st.booleans())
+def test_fast_msgpack_decoder_agrees_with_validation(body, nan) -> None:
+    import msgpack
+    from agg.events import FastMsgpackDecoder
+
+    items = body["events"] if "events" in body else [body]
+    if nan and items and isinstance(items[0], dict):
+        items[0]["payload"] = {"x": float("nan")}
+    fast = FastMsgpackDecoder(LIMITS).decode(msgpack.packb([7, items]))
+    try:
+        slow = validate_batch(items, LIMITS)
+    except InvalidEvents:
+        slow = None
+    if fast is not None:
+        assert slow is not None and fast == (7, slow)
