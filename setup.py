@@ -20,7 +20,7 @@ setup(
         "httptools>=0.6",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80", "PyYAML>=6"],
     },
     entry_points={
         "console_scripts": [

@@ -390,6 +390,11 @@ def bench_path(path: str, args: argparse.Namespace, settings: List[str]) -> Dict
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _maybe(rate: Optional[float]) -> str:
+    """A rate, or '-' where the run was shorter than two windows of 100k."""
+    return "-" if rate is None else f"{rate:,.0f}"
+
+
 def render(report: Dict[str, Any]) -> str:
     lines = [f"agg-bench: {report['config']}",
              f"disk fsync latency: p50 {report['fsync']['p50_ms']} ms, p99 {report['fsync']['p99_ms']} ms",
@@ -404,7 +409,7 @@ def render(report: Dict[str, Any]) -> str:
         lines.append(
             f"{row['path']:<12} {f['events']:>9,} {f['events_per_s']:>11,.0f} {f['p50_ms']:>7} "
             f"{f['p99_ms']:>7} {str(h.get('p50_ms')) + ' / ' + str(h.get('p99_ms')):>21} "
-            f"{f.get('first_100k_per_s', 0):>12,.0f} {f.get('last_100k_per_s', 0):>12,.0f}")
+            f"{_maybe(f.get('first_100k_per_s')):>12} {_maybe(f.get('last_100k_per_s')):>12}")
     lines.append("")
     lines.append("peak RSS, MiB: " + "; ".join(
         f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mib"].items())

@@ -1,0 +1,47 @@
+"""What CI can check of the container files without a Docker engine: they parse,
+and name commands and settings that exist."""
+
+import os
+import re
+import shlex
+
+import yaml
+
+from agg import config as configmod
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV_NAMES = {configmod.env_name(s.key) for s in configmod.SCHEMA}
+
+
+def console_scripts():
+    with open(os.path.join(ROOT, "setup.py")) as fh:
+        return set(re.findall(r'"([a-z-]+)=agg\.[a-z]+:main"', fh.read()))
+
+
+def test_compose_keeps_the_seed_workflow_and_names_real_things() -> None:
+    with open(os.path.join(ROOT, "docker-compose.yml")) as fh:
+        compose = yaml.safe_load(fh)
+    services = compose["services"]
+    assert {"aggregator", "publisher"} <= set(services)
+    aggregator = services["aggregator"]
+    assert "./data:/data" in aggregator["volumes"]
+    assert "8080:8080" in aggregator["ports"]
+    assert services["publisher"]["depends_on"]["aggregator"]["condition"] == "service_healthy"
+    scripts = console_scripts()
+    for name, service in services.items():
+        command = service.get("command")
+        if command:
+            argv = command if isinstance(command, list) else shlex.split(command)
+            assert argv[0] in scripts, f"{name} runs {argv[0]}, which setup.py does not install"
+        for key in (service.get("environment") or {}):
+            if key.startswith("AGG_"):
+                assert key in ENV_NAMES, f"{name} sets {key}, which is no agg setting"
+
+
+def test_dockerfile_sets_only_real_settings_and_runs_agg() -> None:
+    with open(os.path.join(ROOT, "Dockerfile")) as fh:
+        text = fh.read()
+    for key in re.findall(r"\b(AGG_[A-Z_]+)=", text):
+        assert key in ENV_NAMES, f"Dockerfile sets {key}, which is no agg setting"
+    assert 'CMD ["agg", "run"]' in text and "USER agg" in text and "HEALTHCHECK" in text
+    assert "agg" in console_scripts()
