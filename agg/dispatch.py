@@ -72,6 +72,9 @@ class Peer:
         self.ids = itertools.count(1)
         self.pending: Dict[int, asyncio.Future] = {}
         self.inflight_events = 0
+        # Batches submitted during one turn of the event loop go out as one message.
+        self.outbox: List[Tuple[List[List[Any]], asyncio.Future]] = []
+        self.outbox_events = 0
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks: List[asyncio.Task] = []
 
@@ -124,6 +127,37 @@ class Peer:
         finally:
             self.pending.pop(req_id, None)
             self.inflight_events -= weight
+
+    def submit(self, rows: List[List[Any]], timeout: float) -> "asyncio.Future[bytes]":
+        """Queue ``rows`` for this worker; they leave, with every other batch
+        submitted in the same turn of the event loop, as one BATCH message, so
+        that many small requests cost the worker one group and the socket one send.
+        The future gets the statuses of ``rows``, or the batch's exception."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.outbox:
+            loop.call_soon(lambda: self.tasks.append(loop.create_task(self._flush(timeout))))
+        self.outbox.append((rows, future))
+        self.outbox_events += len(rows)
+        return future
+
+    async def _flush(self, timeout: float) -> None:
+        self.tasks = [t for t in self.tasks if not t.done()]
+        batches, self.outbox, count = self.outbox, [], self.outbox_events
+        self.outbox_events = 0
+        rows = batches[0][0] if len(batches) == 1 else [r for b, _f in batches for r in b]
+        try:
+            statuses = await self.request(protocol.BATCH, rows, timeout, count)
+        except Exception as exc:  # every waiter learns the batch's fate
+            for _rows, future in batches:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for part, future in batches:
+            if not future.done():
+                future.set_result(statuses[start:start + len(part)])
+            start += len(part)
 
     def close(self) -> None:
         for task in self.tasks:
@@ -189,12 +223,12 @@ class WorkerPool:
             group[1].append([p, topic, event_id, timestamp, source, payload])
         for w, (_positions, batch) in groups.items():
             peer = self.peers[w]
-            if peer.inflight_events + len(batch) > self.max_inflight and peer.inflight_events:
-                raise Overloaded(f"{peer.name} has {peer.inflight_events} events in flight")
+            held = peer.inflight_events + peer.outbox_events
+            if held + len(batch) > self.max_inflight and held:
+                raise Overloaded(f"{peer.name} has {held} events in flight")
         workers_used = list(groups)
         results = await asyncio.gather(
-            *(self.peers[w].request(protocol.BATCH, groups[w][1], self.timeout, len(groups[w][1]))
-              for w in workers_used),
+            *(self.peers[w].submit(groups[w][1], self.timeout) for w in workers_used),
             return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
