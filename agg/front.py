@@ -14,6 +14,7 @@ Falcon's typed HTTP errors rendered as JSON ``{"title", "description"[, "errors"
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import signal
 import socket
@@ -54,6 +55,27 @@ class InvalidRequest(falcon.HTTPUnprocessableEntity):
         if self.errors:
             body["errors"] = self.errors
         return body
+
+
+class BearerToken:
+    """Checks ``Authorization: Bearer TOKEN`` in constant time; an empty token
+    configured means the route is open."""
+
+    def __init__(self, token: str, what: str) -> None:
+        self.token = token.encode()
+        self.what = what
+
+    def check(self, req: falcon.asgi.Request, backends: "Backends") -> None:
+        if not self.token:
+            return
+        given = (req.get_header("Authorization") or "").encode()
+        scheme, _, value = given.partition(b" ")
+        # compare_digest takes the same time whatever matches, so the token cannot be guessed byte by byte.
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), self.token)):
+            backends.reject("unauthorized")
+            raise falcon.HTTPUnauthorized(
+                title="Unauthorized", challenges=['Bearer realm="agg"'],
+                description=f"{self.what} needs 'Authorization: Bearer <token>' with the right token")
 
 
 def unavailable(reason: str, retry_after: int) -> falcon.HTTPServiceUnavailable:
@@ -114,6 +136,7 @@ class Publish:
         self.fast = FastJsonDecoder(self.limits)
         self.max_body = config.limits_max_body_bytes
         self.retry_after = config.limits_retry_after_s
+        self.auth = BearerToken(config.http_publish_token, "POST /publish")
 
     async def read_body(self, req: falcon.asgi.Request) -> bytes:
         if req.content_length is not None and req.content_length > self.max_body:
@@ -147,6 +170,7 @@ class Publish:
                                  [e.to_json() for e in exc.errors]) from None
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.auth.check(req, self.backends)
         raw = await self.read_body(req)
         events = self.fast.decode(raw)
         if events is None:
@@ -164,8 +188,10 @@ class Events:
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
         self.max_page = backends.config.limits_max_events_page
+        self.auth = BearerToken(backends.config.http_read_token, "GET /events")
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.auth.check(req, self.backends)
         topic = req.get_param("topic") or None
         limit = req.get_param_as_int("limit", min_value=1, max_value=self.max_page)
         cursor = req.get_param("cursor")
@@ -214,8 +240,10 @@ class Events:
 class Stats:
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
+        self.auth = BearerToken(backends.config.http_read_token, "GET /stats")
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.auth.check(req, self.backends)
         summary = await self.backends.ask_stats()
         summary["inflight_events"] = self.backends.pool.inflight()
         json_response(resp, summary)

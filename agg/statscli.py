@@ -3,7 +3,7 @@
 By default it asks the stats process directly over ZeroMQ, at the
 ``endpoints.stats`` endpoint of the same configuration ``agg run`` uses
 (``--data-dir``, ``AGG_*``, ``conf/agg.toml``); ``--url`` asks the HTTP front's
-``GET /stats`` instead. Exit status 1, with a clear message, when agg is not
+``GET /stats`` instead (with ``$AGG_READ_TOKEN`` as bearer token if set). Exit status 1, with a clear message, when agg is not
 running.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -21,8 +22,12 @@ from .client import NotRunning, query_stats
 
 
 def fetch_http(url: str, timeout: float) -> Dict[str, Any]:
+    request = urllib.request.Request(url.rstrip("/") + "/stats")
+    token = os.environ.get("AGG_READ_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         raise NotRunning(f"{url}/stats answered HTTP {exc.code}") from None
