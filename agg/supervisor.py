@@ -63,11 +63,15 @@ class Child:
         self.restarts = 0
         self.backoff = BACKOFF_START
         self.restart_at: Optional[float] = None
+        # Settings this child keeps across restarts (the port an edge first bound).
+        self.sticky: Dict[str, Any] = {}
 
-    def start(self, env: Dict[str, str]) -> None:
+    def start(self, env: Dict[str, str], config: configmod.Config) -> None:
         self.ready = False
         self.restart_at = None
         self.started_at = time.monotonic()
+        if self.sticky:
+            env = dict(env, **{configmod.RESOLVED_ENV: config.replace(**self.sticky).to_json()})
         self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL)
         log.info("started %s pid=%d", self.name, self.proc.pid)
 
@@ -126,15 +130,26 @@ class Supervisor:
                     if child.pid == body["pid"]:
                         child.ready = True
                         child.endpoint = body.get("endpoint")
+                        self.keep_endpoint(child)
                         log.info("%s is ready (%s)", child.name, child.endpoint)
                         if self.started:
-                            self.write_endpoints()  # a restarted edge may have a new port
+                            self.write_endpoints()  # new pid; a restarted edge may have a new port
             except (protocol.ProtocolError, KeyError, TypeError) as exc:
                 log.warning("ignored a bad control message: %s", exc)
 
+    def keep_endpoint(self, child: Child) -> None:
+        """An edge configured with port 0 got a free port at its first start; its
+        restarts bind that same port, so that publishers keep their address."""
+        if child.endpoint is None or child.sticky:
+            return
+        if child.role == "front" and self.config.http_port == 0:
+            child.sticky = {"http_port": int(child.endpoint.rsplit(":", 1)[1])}
+        elif child.role == "ingest" and self.config.ingest_endpoint.endswith(":0"):
+            child.sticky = {"ingest_endpoint": child.endpoint}
+
     def start_stage(self, stage: List[Child]) -> None:
         for child in stage:
-            child.start(self.env)
+            child.start(self.env, self.config)
         deadline = time.monotonic() + self.config.supervisor_ready_timeout_s
         while not all(c.ready for c in stage):
             if self.stop:
@@ -182,7 +197,7 @@ class Supervisor:
                 if child.restart_at is not None:
                     if now >= child.restart_at:
                         child.restarts += 1
-                        child.start(self.env)
+                        child.start(self.env, self.config)
                         self.publish_restarts(force=True)
                     continue
                 if child.alive():

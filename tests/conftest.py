@@ -98,9 +98,10 @@ class AggSystem:
     def start(self, wait: bool = True) -> "AggSystem":
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
         self.log = open(self.log_path, "ab")
+        # Its own process group, so a test can kill the whole group, as a crash would.
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.base)
+                                     cwd=self.base, start_new_session=True)
         if wait:
             self.wait_ready()
         return self
@@ -156,6 +157,11 @@ class AggSystem:
 
     def child_pid(self, name: str) -> int:
         return int(self.endpoints["children"][name])
+
+    def current_children(self) -> Dict[str, int]:
+        """Child pids as the supervisor last wrote them (it rewrites them on restarts)."""
+        info = self.read_endpoints()
+        return dict(info["children"]) if info else {}
 
     def log_text(self) -> str:
         try:

@@ -93,3 +93,18 @@ def test_children_stop_when_the_supervisor_is_killed(agg: AggSystem) -> None:
                 pass
         return True
     wait_until(all_gone, 20, message="orphaned children to stop")
+
+
+def test_a_restarted_edge_keeps_its_address(agg: AggSystem) -> None:
+    url, ingest = agg.url, agg.ingest
+    for name in ("front", "ingest"):
+        os.kill(agg.child_pid(name), signal.SIGKILL)
+    wait_until(lambda: (lambda c: c.get("front") != agg.child_pid("front")
+                        and c.get("ingest") != agg.child_pid("ingest"))(agg.current_children()),
+               20, message="front and ingest restarted")
+    wait_until(lambda: agg.get("/health")[0] == 200, 20, message="front back on the same port")
+    assert agg.read_endpoints()["http"] == url and agg.read_endpoints()["ingest"] == ingest
+    from agg.client import Publisher
+    with Publisher(ingest, ack_timeout=2) as pub:
+        assert pub.publish([{"topic": "t", "event_id": "1", "timestamp": "2025-10-21T14:30:00Z",
+                             "source": "s", "payload": {}}]).acknowledged == 1
