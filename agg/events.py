@@ -32,6 +32,10 @@ import orjson
 FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
 STRING_FIELDS = ("topic", "event_id", "source")
 
+# Deepest nesting of objects and arrays in a payload. Beyond sanity, and below
+# what every JSON library here can write back (orjson stops at 254).
+MAX_PAYLOAD_DEPTH = 64
+
 # Most errors reported for one request; the rest are summarised by a count.
 MAX_REPORTED_ERRORS = 100
 
@@ -115,6 +119,28 @@ def _check_string(value: Any, limit: int) -> Optional[str]:
     return None
 
 
+def _brackets(payload_json: bytes) -> int:
+    """An upper bound of the nesting depth, cheap to compute on the JSON text."""
+    return payload_json.count(b"{") + payload_json.count(b"[")
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of objects and arrays, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _has_non_finite(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)
@@ -183,6 +209,9 @@ def validate_event(event: Any, limits: Limits, index: Optional[int],
             # refuse them rather than store something else than was sent.
             if b"null" in payload_json and _has_non_finite(payload):
                 errors.append(EventError(index, "payload", "NaN and Infinity are not JSON numbers"))
+            elif _brackets(payload_json) > MAX_PAYLOAD_DEPTH and _depth(payload) > MAX_PAYLOAD_DEPTH:
+                errors.append(EventError(index, "payload",
+                                         f"must be nested at most {MAX_PAYLOAD_DEPTH} levels deep"))
             elif len(payload_json) > limits.max_payload_bytes:
                 errors.append(EventError(
                     index, "payload",
@@ -223,6 +252,7 @@ def _fast_check(e: Any, payload: bytes, max_payload: int) -> bool:
     """What the C pass could not check: blank strings, a day past the month's end,
     the payload being an object of at most ``max_payload`` bytes."""
     return not (payload[:1] != b"{" or len(payload) > max_payload or e.topic.isspace()
+                or _brackets(payload) > MAX_PAYLOAD_DEPTH
                 or e.event_id.isspace() or e.source.isspace()
                 or (e.timestamp[8:10] > "28" and check_timestamp(e.timestamp)))
 
@@ -239,7 +269,9 @@ class FastJsonDecoder:
     def __init__(self, limits: Limits) -> None:
         import msgspec
 
-        self.errors = (msgspec.ValidationError, msgspec.DecodeError)
+        # Anything msgspec raises (invalid UTF-8, deep nesting, ...) sends the request
+        # to the slow path, which explains the problem; the fast path never answers errors.
+        self.errors = (Exception,)
         event = _event_struct(limits, msgspec.Raw)
         events = Annotated[List[event], msgspec.Meta(min_length=1,  # type: ignore[valid-type]
                                                      max_length=limits.max_batch_events)]
@@ -276,7 +308,9 @@ class FastMsgpackDecoder:
     def __init__(self, limits: Limits) -> None:
         import msgspec
 
-        self.errors = (msgspec.ValidationError, msgspec.DecodeError)
+        # Anything msgspec raises (invalid UTF-8, deep nesting, ...) sends the request
+        # to the slow path, which explains the problem; the fast path never answers errors.
+        self.errors = (Exception,)
         event = _event_struct(limits, Dict[str, Any])
         events = Annotated[List[event], msgspec.Meta(min_length=1,  # type: ignore[valid-type]
                                                      max_length=limits.max_batch_events)]

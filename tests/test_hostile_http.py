@@ -1,0 +1,102 @@
+"""Hostile input over HTTP: every answer is a JSON error, no process dies, nothing is stored."""
+
+import json
+import socket
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agg.events import InvalidEvents, Limits, events_of_body, validate_batch
+from conftest import AggSystem, make_event, wait_until
+
+LIMITS = Limits()
+
+
+def locally_valid(raw: bytes) -> bool:
+    try:
+        items, single = events_of_body(orjson.loads(raw))
+        validate_batch(items, LIMITS, single)
+        return True
+    except (orjson.JSONDecodeError, InvalidEvents):
+        return False
+
+
+def mutate(raw: bytes, position: int, junk: bytes) -> bytes:
+    position %= max(len(raw), 1)
+    return raw[:position] + junk + raw[position:]
+
+
+valid_body = st.builds(lambda n: json.dumps({"events": [make_event(event_id=f"f{n}-{i}") for i in range(3)]}).encode(),
+                       st.integers(0, 10**9))
+hostile = st.one_of(
+    st.binary(max_size=200),
+    st.builds(mutate, valid_body, st.integers(0, 500),
+              st.sampled_from([b"\xff", b"\xc3\x28", b"NaN", b"Infinity", b"\x00", b'"', b"}", b",,"])),
+    st.builds(lambda depth: b'{"topic":"t","event_id":"e","timestamp":"2025-10-21T14:30:00Z","source":"s",'
+                            b'"payload":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}", st.integers(200, 5000)),
+    st.builds(lambda stamp: json.dumps(make_event(timestamp=stamp)).encode(),
+              st.sampled_from(["2025-10-21T14:30:00", "2025-10-21", "1700000000", "2025-10-21T14:30:00+99:00"])),
+    st.builds(lambda n: json.dumps(make_event(event_id="x" * n)).encode(), st.integers(257, 5000)),
+    st.just(b'{"topic":"t","topic":"u","event_id":"e","timestamp":"2025-10-21T14:30:00Z","source":"s","payload":{}}'),
+    st.builds(lambda v: json.dumps({"events": [make_event(payload=v)]}).encode(),
+              st.sampled_from([None, 1, "s", [], [{}], True])),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=hostile)
+def test_hostile_bodies_get_json_errors_and_store_nothing_invalid(agg: AggSystem, raw: bytes) -> None:
+    status, headers, body = agg.post("/publish", raw=raw)
+    assert headers["content-type"].startswith("application/json")
+    if locally_valid(raw):
+        assert status == 200, body  # e.g. duplicate keys: the last one wins, as in every JSON parser
+    else:
+        assert status == 422 and body["title"] == "Invalid request" and body["description"], body
+
+
+def test_hostile_input_killed_nothing(agg: AggSystem) -> None:
+    for raw in (b"\xff" * 100, b"[" * 100000, b'{"events": [' + b"{}," * 20000 + b"{}]}"):
+        assert agg.post("/publish", raw=raw)[0] in (413, 422)
+    stats = agg.stats()
+    assert stats["restarts"]["front"] == 0 and stats["received"] == 0
+
+
+def raw_request(system: AggSystem) -> socket.socket:
+    host, port = system.url.split("//")[1].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_chunked_body_past_the_limit_gets_413(agg_factory) -> None:
+    system: AggSystem = agg_factory(limits_max_body_bytes=10000)
+    sock = raw_request(system)
+    try:
+        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 4000
+        for _ in range(4):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"Body too large"' in answer
+
+
+def test_a_body_that_never_ends_blocks_no_one_else(agg: AggSystem) -> None:
+    stalled = [raw_request(agg) for _ in range(20)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"eve")
+        status, _, body = agg.post("/publish", make_event())
+        assert status == 200 and body["stored"] == 1
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_until(lambda: agg.get("/health")[0] == 200, message="still healthy")
+    assert agg.stats()["restarts"]["front"] == 0
