@@ -57,9 +57,13 @@ class PeerError(Exception):
 class Peer:
     """One DEALER to one ROUTER, with request ids and timeouts."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, name: str) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, name: str,
+                 stall_s: Optional[float] = None) -> None:
         self.endpoint = endpoint
         self.name = name
+        self.stall_s = stall_s
+        self.stalled = False
+        self.last_heard = 0.0  # when it last answered, or began to owe an answer
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         # Queue nothing for a peer that is not connected: fail fast instead.
@@ -81,6 +85,35 @@ class Peer:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._receive()), loop.create_task(self._watch())]
+        if self.stall_s:
+            self.tasks.append(loop.create_task(self._watch_stall(self.stall_s)))
+
+    async def _watch_stall(self, stall_s: float) -> None:
+        """A peer that owes answers and has said nothing for ``stall_s`` (stopped,
+        hung, stuck on a disk) fails what it holds now, and what comes next until
+        it speaks again: publishers get 503 at once instead of at the ack timeout.
+        What it later commits of those requests is a duplicate when resent.
+        After ``stall_s`` with nothing owed, one request may try again (a restarted
+        worker will never answer the requests its predecessor took)."""
+        loop = asyncio.get_running_loop()
+        stalled_since = 0.0
+        while True:
+            await asyncio.sleep(stall_s / 4)
+            now = loop.time()
+            if self.pending and now - self.last_heard > stall_s:
+                if not self.stalled:
+                    log.warning("%s has not answered for %.0f ms; failing %d requests",
+                                self.name, (now - self.last_heard) * 1000, len(self.pending))
+                    self.stalled = True
+                    stalled_since = now
+                self._fail_pending(f"{self.name} has not answered for {stall_s * 1000:.0f} ms")
+            elif self.stalled and not self.pending and now - stalled_since > stall_s:
+                self.stalled = False
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(reason))
 
     async def _watch(self) -> None:
         """A peer that disconnects (a worker killed, say) will never answer what
@@ -89,9 +122,7 @@ class Peer:
             await self.monitor.recv_multipart()
             if self.pending:
                 log.warning("%s disconnected with %d requests in flight", self.name, len(self.pending))
-            for future in self.pending.values():
-                if not future.done():
-                    future.set_exception(Unavailable(f"{self.name} disconnected before answering"))
+            self._fail_pending(f"{self.name} disconnected before answering")
 
     async def _receive(self) -> None:
         while True:
@@ -102,6 +133,8 @@ class Peer:
             except protocol.ProtocolError as exc:
                 log.warning("bad reply from %s: %s", self.name, exc)
                 continue
+            self.last_heard = asyncio.get_running_loop().time()
+            self.stalled = False
             future = self.pending.pop(req_id, None)
             if future is None or future.done():
                 continue  # the request timed out already; its caller has answered
@@ -111,8 +144,14 @@ class Peer:
                 future.set_exception(PeerError(*payload))
 
     async def request(self, kind: bytes, data: Any, timeout: float, weight: int = 0) -> Any:
+        if self.stalled:
+            raise Unavailable(f"{self.name} is stalled: it has not answered for over "
+                              f"{self.stall_s * 1000:.0f} ms") from None
         req_id = next(self.ids)
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.pending:
+            self.last_heard = loop.time()  # the clock of silence starts with the first debt
         try:
             await self.sock.send_multipart(protocol.encode(kind, [req_id, data]),
                                            flags=zmq.NOBLOCK)
@@ -194,7 +233,7 @@ class WorkerPool:
     def __init__(self, ctx: zmq.asyncio.Context, config: Any) -> None:
         self.config = config
         self.partitions = config.partitions
-        self.peers = [Peer(ctx, endpoint, f"worker {i}")
+        self.peers = [Peer(ctx, endpoint, f"worker {i}", config.limits_stall_s)
                       for i, endpoint in enumerate(config.worker_endpoints())]
         self.timeout = config.limits_ack_timeout_s
         self.max_inflight = config.limits_max_inflight_events

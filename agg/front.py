@@ -261,10 +261,12 @@ class Health:
             json_response(resp, {"status": "unhealthy", "missing": ["stats"]})
             return
         missing = [f"worker {i}" for i, w in summary["workers"].items() if not w["alive"]]
-        if missing:
+        storage = {f"worker {i}": w["storage_error"] for i, w in summary["workers"].items()
+                   if w.get("storage_error")}
+        if missing or storage:
             resp.status = falcon.HTTP_503
             json_response(resp, {"status": "unhealthy", "missing": missing,
-                                 "workers": summary["workers"]})
+                                 "storage_errors": storage, "workers": summary["workers"]})
         else:
             json_response(resp, {"status": "healthy", "workers": summary["workers"]})
 

@@ -51,7 +51,8 @@ class Totals:
         if kind == protocol.COUNTERS and topic.startswith(protocol.TOPIC_WORKER):
             index = int(body["worker"])
             self.workers[index] = {"pid": body["pid"], "seen": now,
-                                   "partitions": list(body["owns"])}
+                                   "partitions": list(body["owns"]),
+                                   "storage_error": body.get("storage_error")}
             for p, snap in body["partitions"].items():
                 mine = self.partitions.get(p)
                 if mine is None or snap[0] >= mine[0]:
@@ -88,6 +89,7 @@ class Totals:
                 "pid": info["pid"] if info else None,
                 "last_seen_s": round(now - info["seen"], 3) if info else None,
                 "partitions": info["partitions"] if info else [],
+                "storage_error": info.get("storage_error") if info else None,
             }
         return {
             "received": received,

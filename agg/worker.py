@@ -78,6 +78,7 @@ class Worker:
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.pub.connect(config.endpoint("stats_in"))
         self.last_publish = 0.0
+        self.storage_error: Optional[str] = None  # the last failed commit's reason, until one succeeds
         self.dirty: set = set(self.partitions)
 
     # -- requests -------------------------------------------------------------------------
@@ -101,10 +102,17 @@ class Worker:
             except sqlite3.Error as exc:
                 log.error("commit to shard %d failed: %s", p, exc)
                 failed[p] = f"storage error in partition {p}: {exc}"
+                if self.storage_error is None:
+                    self.last_publish = 0.0  # tell stats (and /health) now
+                self.storage_error = failed[p]
                 continue
             self.dirty.add(p)
             for (b, i), new in zip(places[p], result):
                 statuses[b][i] = protocol.STORED if new else protocol.DUPLICATE
+        if not failed and self.storage_error is not None:
+            log.info("commits succeed again")
+            self.storage_error = None
+            self.last_publish = 0.0
         self.maybe_publish()
         for b, (rid, req_id, events) in enumerate(batches):
             reason = next((failed[ev[0]] for ev in events if ev[0] in failed), None)
@@ -196,6 +204,7 @@ class Worker:
             "worker": self.index,
             "pid": os.getpid(),
             "owns": self.partitions,
+            "storage_error": self.storage_error,
             "time": time.time(),
             "partitions": {p: self.shards[p].totals() + [self.shards[p].counters]
                            for p in partitions},

@@ -1,0 +1,51 @@
+"""A full disk: publishes get 503, /health says why, nothing acknowledged is lost,
+and agg recovers by itself when space returns. Uses a small tmpfs (needs root)."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import AggSystem, make_event, wait_until
+
+
+@pytest.fixture
+def small_disk(tmp_base):
+    path = os.path.join(tmp_base, "disk")
+    os.makedirs(path)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", path],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def test_full_disk_says_503_and_recovers_without_loss(agg_factory, small_disk) -> None:
+    system: AggSystem = agg_factory(data_dir=os.path.join(small_disk, "data"))
+    acked, refused = [], None
+    for b in range(400):
+        batch = [make_event(topic=f"t{i % 5}", event_id=f"d-{b}-{i}", payload={"fill": "x" * 2000})
+                 for i in range(100)]
+        status, _, body = system.post("/publish", {"events": batch})
+        if status == 503:
+            refused = (batch, body)
+            break
+        assert status == 200, body
+        acked += [(e["topic"], e["event_id"]) for e in batch]
+    assert refused is not None, "the disk never filled"
+    batch, body = refused
+    assert "storage error" in body["description"] and "full" in body["description"]
+    status, _, health = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(system.get("/health")),
+                                   message="/health to report the disk")
+    assert any("full" in reason for reason in health["storage_errors"].values())
+
+    subprocess.run(["mount", "-o", "remount,size=64m", small_disk], check=True)
+    wait_until(lambda: system.post("/publish", {"events": batch})[0] == 200, 10, message="writes again")
+    acked += [(e["topic"], e["event_id"]) for e in batch]
+    wait_until(lambda: system.get("/health")[0] == 200, 10, message="healthy again")
+    stored = [(e["topic"], e["event_id"]) for e in system.get("/events")[2]["events"]]
+    print(f"\ndisk full after {len(acked) - len(batch)} events; {len(stored)} stored after recovery")
+    assert len(stored) == len(set(stored)) and set(stored) == set(acked)
+    stats = system.stats()
+    assert stats["received"] == stats["unique_processed"] + stats["duplicate_dropped"]
+    assert stats["restarts"]["worker.0"] == 0 and stats["restarts"]["worker.1"] == 0
