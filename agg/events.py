@@ -297,6 +297,11 @@ class FastJsonDecoder:
             payload = bytes(e.payload)
             if not _fast_check(e, payload, self.max_payload):
                 return None
+            if not payload.isascii():
+                try:  # msgspec checks the syntax of a Raw value, not its UTF-8
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
             out.append((e.topic, e.event_id, e.timestamp, e.source, payload))
         return out
 

@@ -127,6 +127,9 @@ def test_fast_decoder_takes_valid_bodies_and_keeps_the_payload_text() -> None:
     single = json.dumps(event(), separators=(",", ":")).encode()
     assert FAST.decode(single) == validate_batch([event()], LIMITS)
     assert FAST.decode(json.dumps(event(timestamp="2025-02-30T00:00:00Z")).encode()) is None
+    # Invalid UTF-8 inside the payload, which msgspec skips over without decoding.
+    assert FAST.decode(json.dumps(event()).encode().replace(b'{"a"', b'{"\xff"')) is None
+    assert FAST.decode(json.dumps(event(payload={"n": "ünï"}), ensure_ascii=False).encode()) is not None
 
 
 @settings(max_examples=300, deadline=None)
