@@ -62,7 +62,7 @@ class Shard:
     """The SQLite file of one partition, opened by its owning worker."""
 
     def __init__(self, path: str, synchronous: str = "FULL", cache_mib: int = 64,
-                 wal_autocheckpoint: int = 10000) -> None:
+                 wal_autocheckpoint: int = 1000) -> None:
         self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see transaction()).
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -71,8 +71,9 @@ class Shard:
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
         self.db.execute("PRAGMA temp_store=MEMORY")
-        # Checkpoint rarely on the commit path: copying WAL pages back costs most
-        # when done often in small pieces. An idle worker checkpoints (checkpoint()).
+        # Checkpoints on the commit path stay small (SQLite's own default of 1000
+        # pages): a long one would silence the worker past limits.stall_s. An idle
+        # worker checkpoints at once (checkpoint()).
         self.db.execute(f"PRAGMA wal_autocheckpoint={wal_autocheckpoint}")
         self.unchecked = False
         with self.transaction():

@@ -49,3 +49,4 @@ def test_full_disk_says_503_and_recovers_without_loss(agg_factory, small_disk) -
     stats = system.stats()
     assert stats["received"] == stats["unique_processed"] + stats["duplicate_dropped"]
     assert stats["restarts"]["worker.0"] == 0 and stats["restarts"]["worker.1"] == 0
+

@@ -18,7 +18,7 @@ def topic_of_worker(index: int, workers: int = 2, partitions: int = 8) -> str:
 
 
 def test_a_stopped_worker_gets_503_at_once_and_recovers(agg_factory) -> None:
-    system: AggSystem = agg_factory(limits_retry_after_s=1)  # default stall_s: 0.1 s
+    system: AggSystem = agg_factory(limits_retry_after_s=1, limits_stall_s=0.1)
     stopped, alive = topic_of_worker(0), topic_of_worker(1)
     pid = system.child_pid("worker.0")
     os.kill(pid, signal.SIGSTOP)

@@ -74,6 +74,7 @@ def test_random_sigkills_lose_nothing_acknowledged(agg_factory) -> None:
 
     expected = {(e["topic"], e["event_id"]) for s in seeds for e in make_events(ROUND_EVENTS, 0.2, s)}
     status, _, body = system.get("/events")
+    assert status == 200, body
     stored = [(e["topic"], e["event_id"]) for e in body["events"]]
     acknowledged = sum(s["acknowledged"] for s in summaries)
     print(f"\nsoak: {len(kills)} kills ({', '.join(sorted(set(kills)))}), {len(seeds)} publisher runs, "
