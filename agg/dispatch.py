@@ -98,7 +98,7 @@ class Peer:
         loop = asyncio.get_running_loop()
         stalled_since = 0.0
         while True:
-            await asyncio.sleep(stall_s / 4)
+            await asyncio.sleep(stall_s / 10)  # detection at most 10% late
             now = loop.time()
             if self.pending and now - self.last_heard > stall_s:
                 if not self.stalled:

@@ -42,6 +42,30 @@ def test_a_stopped_worker_gets_503_at_once_and_recovers(agg_factory) -> None:
     assert "late" in events
 
 
+def test_a_stopped_worker_gets_an_error_frame_natively(agg_factory) -> None:
+    import msgpack
+    import zmq
+
+    from agg import protocol
+    system: AggSystem = agg_factory(limits_stall_s=0.1)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(system.ingest)
+    pid = system.child_pid("worker.0")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(2):
+            sock.send_multipart([protocol.VERSION, protocol.BATCH,
+                                 msgpack.packb([i, [make_event(topic=topic_of_worker(0))]])])
+            assert sock.poll(2000), "no answer while the worker is stopped"
+            kind, (req_id, code, reason, _errors) = protocol.decode(sock.recv_multipart())
+            assert (kind, req_id, code) == (protocol.ERR, i, protocol.ERR_UNAVAILABLE)
+            assert "worker 0" in reason and "retry" in reason
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        sock.close()
+
+
 def rss_mib(pids) -> float:
     total = 0
     for pid in pids:
