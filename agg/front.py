@@ -7,7 +7,8 @@ Connects:  a DEALER to every worker (``agg.dispatch.WorkerPool``), a DEALER to
 Owns:      nothing durable; every answer to POST /publish comes after commit.
 Stops:     on SIGTERM, after in-flight requests are answered (uvicorn's drain).
 
-Routes: POST /publish, GET /events, GET /stats, GET /health. Errors are
+Routes: POST /publish, GET /events, GET /stats, GET /health, GET /metrics,
+GET /openapi.json, GET /docs (Swagger UI, from a packaged bundle). Errors are
 Falcon's typed HTTP errors rendered as JSON ``{"title", "description"[, "errors"]}``.
 """
 
@@ -18,6 +19,7 @@ import hmac
 import logging
 import signal
 import socket
+import time
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence
 
 import falcon
@@ -26,9 +28,10 @@ import orjson
 import uvicorn
 import zmq
 import zmq.asyncio
+from swagger_ui_bundle import swagger_ui_path
 
 from . import config as configmod
-from . import lifecycle, protocol
+from . import lifecycle, metrics, openapi, protocol
 from .dispatch import (Overloaded, Peer, PeerError, Unavailable, WorkerPool, decode_cursor,
                        encode_cursor)
 from .reporter import RejectReporter
@@ -101,6 +104,7 @@ class Backends:
     def __init__(self, config: configmod.Config) -> None:
         self.config = config
         self.ctx: Optional[zmq.asyncio.Context] = None
+        self.metrics = metrics.FrontMetrics()
 
     async def process_startup(self, scope: Any, event: Any) -> None:
         self.ctx = zmq.asyncio.Context()
@@ -170,6 +174,21 @@ class Publish:
                                  [e.to_json() for e in exc.errors]) from None
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            await self.publish(req, resp)
+            outcome = "ok"
+        except falcon.HTTPServiceUnavailable:
+            outcome = "unavailable"
+            raise
+        except falcon.HTTPError:
+            outcome = "refused"
+            raise
+        finally:
+            self.backends.metrics.publish_seconds.labels(outcome).observe(time.perf_counter() - start)
+
+    async def publish(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         self.auth.check(req, self.backends)
         raw = await self.read_body(req)
         events = self.fast.decode(raw)
@@ -249,6 +268,33 @@ class Stats:
         json_response(resp, summary)
 
 
+class Metrics:
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        self.auth = BearerToken(backends.config.http_read_token, "GET /metrics")
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.auth.check(req, self.backends)
+        summary = await self.backends.ask_stats()
+        resp.data = self.backends.metrics.render(summary, self.backends.pool.inflight())
+        resp.content_type = metrics.CONTENT_TYPE
+
+
+class OpenApi:
+    def __init__(self, config: configmod.Config) -> None:
+        self.body = orjson.dumps(openapi.spec(config))
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.data = self.body
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class Docs:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.text = openapi.DOCS_PAGE
+        resp.content_type = falcon.MEDIA_HTML
+
+
 class Health:
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
@@ -278,6 +324,11 @@ def create_app(config: configmod.Config) -> falcon.asgi.App:
     app.add_route("/events", Events(backends))
     app.add_route("/stats", Stats(backends))
     app.add_route("/health", Health(backends))
+    app.add_route("/metrics", Metrics(backends))
+    app.add_route("/openapi.json", OpenApi(config))
+    app.add_route("/docs", Docs())
+    # Swagger UI's scripts from the installed swagger-ui-bundle package: no CDN at run time.
+    app.add_static_route("/docs/static", str(swagger_ui_path))
     return app
 
 

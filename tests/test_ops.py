@@ -1,0 +1,65 @@
+"""Operators' endpoints: /metrics, /openapi.json kept in step with the routes, /docs offline."""
+
+import falcon.inspect
+
+from agg import config as configmod
+from agg import openapi
+from agg.front import create_app
+from conftest import AggSystem, http_request, make_event, wait_until
+
+
+def test_openapi_describes_exactly_the_routes_of_the_app() -> None:
+    config = configmod.defaults()
+    app = create_app(config)
+    routes = {}
+    for route in falcon.inspect.inspect_routes(app):
+        methods = {m.method.lower() for m in route.methods if m.internal is False}
+        routes[route.path] = methods
+    described = {path: set(ops) for path, ops in openapi.spec(config)["paths"].items()}
+    assert described == routes
+
+
+def test_metrics_openapi_and_docs_are_served(agg: AggSystem) -> None:
+    assert agg.post("/publish", {"events": [make_event(event_id="m1"), make_event(event_id="m1")]})[0] == 200
+    assert agg.post("/publish", raw=b"{")[0] == 422
+
+    def scraped():
+        status, headers, body = http_request(agg.url + "/metrics")
+        text = body.decode() if isinstance(body, bytes) else str(body)
+        return text if 'agg_rejected_total{reason="invalid_json"} 1.0' in text else None
+    text = wait_until(scraped, message="the rejection in /metrics")
+    assert 'agg_events_received_total{topic="user.created"} 2.0' in text
+    assert 'agg_events_duplicate_total{topic="user.created"} 1.0' in text
+    assert 'agg_worker_up{worker="0"} 1.0' in text
+    assert 'agg_publish_duration_seconds_count{outcome="ok"} 1.0' in text
+    assert 'agg_publish_duration_seconds_count{outcome="refused"} 1.0' in text
+
+    status, _, spec = agg.get("/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.") and "/publish" in spec["paths"]
+    status, headers, page = http_request(agg.url + "/docs")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"/docs/static/swagger-ui-bundle.js" in page and b"/openapi.json" in page
+    status, headers, script = http_request(agg.url + "/docs/static/swagger-ui-bundle.js")
+    assert status == 200 and len(script) > 100000  # the real bundle, from the installed package
+
+
+def test_agg_stats_watch_draws_live_frames_and_says_when_agg_is_down(agg: AggSystem, tmp_base) -> None:
+    import subprocess
+    import sys
+    assert agg.post("/publish", {"events": [make_event(event_id=f"w{i}") for i in range(10)]})[0] == 200
+    agg.wait_stats(10, 10, 0)
+    out = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", agg.endpoints["stats"],
+                          "--watch", "--count", "2", "--interval", "0.2"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    frames = out.stdout.strip().split("\n\nagg  up")
+    assert len(frames) == 2
+    assert "in 0/s" in frames[1]  # a rate, once there is a previous frame
+    assert "user.created" in out.stdout and "up" in out.stdout
+    down = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
+                           "--watch", "--count", "1", "--timeout", "0.2"],
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 0 and "agg is not running" in down.stdout
+    once = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
+                           "--timeout", "0.2"], capture_output=True, text=True, timeout=30)
+    assert once.returncode == 1 and "agg is not running" in once.stderr
