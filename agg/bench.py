@@ -140,7 +140,7 @@ async def _http_load(host: str, port: int, bodies: Iterator[Tuple[int, bytes]], 
 def _zmq_load(endpoint: str, frames: Iterator[Tuple[int, List[bytes]]], window: int, rate: float,
               deadline: float, out: List[Tuple[float, float, int]]) -> None:
     """One DEALER with up to ``window`` batches in flight."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     pacer = Pacer(rate)

@@ -131,8 +131,8 @@ class _Session:
         return not self.queue and not self.inflight
 
     def to_send(self, now: float) -> List[Tuple[int, List[bytes]]]:
-        out = []
-        waiting = []
+        out: List[Tuple[int, List[bytes]]] = []
+        waiting: List[_Batch] = []
         while self.queue and len(self.inflight) + len(out) < self.max_inflight:
             batch = self.queue.pop()
             if batch.not_before > now:
@@ -304,7 +304,7 @@ class AsyncPublisher(_Base):
 
 def query_stats(endpoint: str, timeout: float = 2.0) -> Dict[str, Any]:
     """The stats process's summary, or NotRunning if it does not answer in time."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:

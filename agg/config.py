@@ -274,7 +274,7 @@ def load(args: Optional[argparse.Namespace] = None,
 
 
 def from_command_line(prog: str, description: str, argv: Optional[Sequence[str]],
-                      extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+                      extra: Optional[Callable[[argparse.ArgumentParser], Any]] = None
                       ) -> Tuple[argparse.Namespace, Config]:
     """Parse an actor's command line; on a bad setting print one line and exit 2."""
     parser = argparse.ArgumentParser(prog=prog, description=description)

@@ -146,7 +146,7 @@ class Peer:
     async def request(self, kind: bytes, data: Any, timeout: float, weight: int = 0) -> Any:
         if self.stalled:
             raise Unavailable(f"{self.name} is stalled: it has not answered for over "
-                              f"{self.stall_s * 1000:.0f} ms") from None
+                              f"{(self.stall_s or 0) * 1000:.0f} ms") from None
         req_id = next(self.ids)
         loop = asyncio.get_running_loop()
         future = loop.create_future()

@@ -65,7 +65,7 @@ class Limits(NamedTuple):
 
 
 class EventError(NamedTuple):
-    index: Optional[int]
+    index: Optional[int]  # type: ignore[assignment]  # shadows tuple.index, on purpose
     field: Optional[str]
     reason: str
 
@@ -283,7 +283,7 @@ class FastJsonDecoder:
 
     def decode(self, raw: bytes) -> Optional[List[WireEvent]]:
         try:
-            batch = self.many.decode(raw)
+            batch: Any = self.many.decode(raw)
             if batch.topic is not None:
                 return None
             items = batch.events

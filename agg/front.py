@@ -54,7 +54,7 @@ class InvalidRequest(falcon.HTTPUnprocessableEntity):
         self.errors = errors or []
 
     def to_dict(self, obj_type: Any = dict) -> Any:
-        body = super().to_dict(obj_type)
+        body: Any = super().to_dict(obj_type)
         if self.errors:
             body["errors"] = self.errors
         return body
@@ -231,7 +231,8 @@ class Events:
         try:
             rows, after = await pool.page(topic, position, limit)
         except (Unavailable, PeerError) as exc:
-            raise unavailable(f"cannot read events: {exc}", self.backends.config.limits_retry_after_s)
+            raise unavailable(f"cannot read events: {exc}",
+                              self.backends.config.limits_retry_after_s) from None
         json_response(resp, {"count": len(rows), "events": [event_json(r) for r in rows],
                              "next_cursor": encode_cursor(after), "has_more": len(rows) == limit})
 
@@ -240,7 +241,8 @@ class Events:
         try:
             await self.backends.pool.page(topic, position, 1)
         except (Unavailable, PeerError) as exc:
-            raise unavailable(f"cannot read events: {exc}", self.backends.config.limits_retry_after_s)
+            raise unavailable(f"cannot read events: {exc}",
+                              self.backends.config.limits_retry_after_s) from None
 
     async def _stream(self, topic: Optional[str], position: Dict[int, int]) -> AsyncIterator[bytes]:
         count = 0

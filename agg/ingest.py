@@ -79,7 +79,7 @@ class Ingest:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.auth = configure_curve(self.ctx, self.router, config)
         self.router.bind(config.ingest_endpoint)
-        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pool = WorkerPool(self.ctx, config)
         self.reporter = RejectReporter(self.ctx, config, "ingest")
         self.tasks: Set[asyncio.Task] = set()

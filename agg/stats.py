@@ -84,12 +84,12 @@ class Totals:
         for index in range(self.expected_workers):
             info = self.workers.get(index)
             alive = info is not None and now - info["seen"] <= self.stale_after
-            mine = [self.partitions[p] for p in (info["partitions"] if info else [])
-                    if p in self.partitions]
+            owned: List[List[Any]] = [self.partitions[p] for p in (info["partitions"] if info else [])
+                                      if p in self.partitions]
             workers[str(index)] = {
-                "received": sum(snap[0] for snap in mine),
-                "unique_processed": sum(snap[1] for snap in mine),
-                "duplicate_dropped": sum(snap[2] for snap in mine),
+                "received": sum(snap[0] for snap in owned),
+                "unique_processed": sum(snap[1] for snap in owned),
+                "duplicate_dropped": sum(snap[2] for snap in owned),
                 "alive": alive,
                 "pid": info["pid"] if info else None,
                 "last_seen_s": round(now - info["seen"], 3) if info else None,

@@ -3,9 +3,10 @@
 By default it asks the stats process directly over ZeroMQ, at the
 ``endpoints.stats`` endpoint of the same configuration ``agg run`` uses
 (``--data-dir``, ``AGG_*``, ``conf/agg.toml``); ``--url`` asks the HTTP front's
-``GET /stats`` instead. ``--watch`` redraws a live view (rates per second,
-per worker, per topic, worker health and restarts) (with ``$AGG_READ_TOKEN`` as bearer token if set). Exit status 1, with a clear message, when agg is not
-running.
+``GET /stats`` instead (with ``$AGG_READ_TOKEN`` as bearer token if set).
+``--watch`` redraws a live view: rates per second, per worker and per topic,
+worker health and restarts. Exit status 1, with a clear message, when agg is
+not running (``--watch`` says so and keeps trying).
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ class AggSystem:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"agg did not stop within {timeout} s:\n{self.log_text()}")
+                raise AssertionError(f"agg did not stop within {timeout} s:\n{self.log_text()}") from None
         self.log.close()
         return self.proc.returncode
 
@@ -216,7 +216,7 @@ def agg_factory(tmp_base: str) -> Iterator[Callable[..., AggSystem]]:
                 hung.append(str(exc))
     # Every child must be gone with its supervisor.
     for system in systems:
-        for name, pid in (system.endpoints.get("children") or {}).items():
+        for pid in (system.endpoints.get("children") or {}).values():
             _wait_gone(pid)
     if hung:
         pytest.fail("\n".join(hung))

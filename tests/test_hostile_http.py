@@ -4,7 +4,6 @@ import json
 import socket
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -115,7 +115,8 @@ def test_too_large_message_closes_only_that_connection(agg_factory) -> None:
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-1000, 1000), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8) | st.integers(-1000, 1000), inner, max_size=4),
     max_leaves=20)
 
 
