@@ -70,10 +70,14 @@ SCHEMA: Tuple[Setting, ...] = (
             "directory of allowed client public keys (zmq.auth format)"),
     Setting("endpoints.worker", str, "ipc://{run_dir}/w{index}.sock",
             "endpoint of worker INDEX; {run_dir} and {index} are filled in"),
+    Setting("endpoints.worker_bind", str, "",
+            "what worker INDEX binds, if not endpoints.worker (e.g. tcp://0.0.0.0:7000 in a container)"),
     Setting("endpoints.stats_in", str, "ipc://{run_dir}/stats-in.sock",
             "endpoint where the stats process collects counter snapshots"),
+    Setting("endpoints.stats_in_bind", str, "", "what the stats process binds, if not endpoints.stats_in"),
     Setting("endpoints.stats", str, "ipc://{run_dir}/stats.sock",
             "endpoint where the stats process answers queries"),
+    Setting("endpoints.stats_bind", str, "", "what the stats process binds, if not endpoints.stats"),
     Setting("endpoints.control", str, "ipc://{run_dir}/control.sock",
             "endpoint where the supervisor collects READY messages"),
     Setting("limits.max_body_bytes", int, 16 * MIB, "largest HTTP request body", minimum=1),
@@ -199,6 +203,12 @@ class Config:
 
     def endpoint(self, key: str, index: int = 0) -> str:
         template = self.get("endpoints." + key)
+        return template.format(run_dir=self.run_dir, index=index)
+
+    def bind_endpoint(self, key: str, index: int = 0) -> str:
+        """What the owner of endpoint ``key`` binds: ``endpoints.KEY_bind`` if set
+        (a container binds 0.0.0.0 while peers connect to its name), else ``endpoints.KEY``."""
+        template = self.get("endpoints." + key + "_bind") or self.get("endpoints." + key)
         return template.format(run_dir=self.run_dir, index=index)
 
     def worker_endpoints(self) -> List[str]:

@@ -119,10 +119,10 @@ class StatsServer:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_ALL)
-        self.sub.bind(config.endpoint("stats_in"))
+        self.sub.bind(config.bind_endpoint("stats_in"))
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(config.endpoint("stats"))
+        self.router.bind(config.bind_endpoint("stats"))
 
     def drain_counters(self) -> None:
         while True:

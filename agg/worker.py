@@ -73,7 +73,7 @@ class Worker:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.endpoint = config.endpoint("worker", index)
-        self.router.bind(self.endpoint)
+        self.router.bind(config.bind_endpoint("worker", index))
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.pub.connect(config.endpoint("stats_in"))

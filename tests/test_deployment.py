@@ -19,6 +19,22 @@ def console_scripts():
         return set(re.findall(r'"([a-z-]+)=agg\.[a-z]+:main"', fh.read()))
 
 
+def check_services(services) -> None:
+    """Every command is an installed console script (and an agg actor); every AGG_* is a setting."""
+    from agg.cli import ACTORS
+    scripts = console_scripts()
+    for name, service in services.items():
+        command = service.get("command")
+        if command:
+            argv = command if isinstance(command, list) else shlex.split(command)
+            assert argv[0] in scripts, f"{name} runs {argv[0]}, which setup.py does not install"
+            if argv[0] == "agg":
+                assert argv[1] in ("run",) + ACTORS, f"{name} runs agg {argv[1]}"
+        for key in (service.get("environment") or {}):
+            if key.startswith("AGG_"):
+                assert key in ENV_NAMES, f"{name} sets {key}, which is no agg setting"
+
+
 def test_compose_keeps_the_seed_workflow_and_names_real_things() -> None:
     with open(os.path.join(ROOT, "docker-compose.yml")) as fh:
         compose = yaml.safe_load(fh)
@@ -28,15 +44,19 @@ def test_compose_keeps_the_seed_workflow_and_names_real_things() -> None:
     assert "./data:/data" in aggregator["volumes"]
     assert "8080:8080" in aggregator["ports"]
     assert services["publisher"]["depends_on"]["aggregator"]["condition"] == "service_healthy"
-    scripts = console_scripts()
-    for name, service in services.items():
-        command = service.get("command")
-        if command:
-            argv = command if isinstance(command, list) else shlex.split(command)
-            assert argv[0] in scripts, f"{name} runs {argv[0]}, which setup.py does not install"
-        for key in (service.get("environment") or {}):
-            if key.startswith("AGG_"):
-                assert key in ENV_NAMES, f"{name} sets {key}, which is no agg setting"
+    check_services(services)
+
+
+def test_distributed_compose_runs_every_actor_as_a_service() -> None:
+    with open(os.path.join(ROOT, "docker-compose.distributed.yml")) as fh:
+        services = yaml.safe_load(fh)["services"]
+    check_services(services)
+    commands = [s["command"] for s in services.values()]
+    assert ["agg", "stats"] in commands and ["agg", "front"] in commands and ["agg", "ingest"] in commands
+    workers = int(services["front"]["environment"]["AGG_WORKERS"])
+    for index in range(workers):
+        assert ["agg", "worker", "--index", str(index)] in commands
+        assert f"worker{index}" in services  # the host name endpoints.worker names
 
 
 def test_dockerfile_sets_only_real_settings_and_runs_agg() -> None:
