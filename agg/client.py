@@ -110,19 +110,13 @@ class _Session:
     """The bookkeeping of one ``publish`` run, with no I/O: which batches to send,
     which are in flight since when, what came back, what to resend."""
 
-    def __init__(self, endpoint: str, events: Sequence[Dict[str, Any]], batch_size: int,
-                 max_inflight: int,
-                 ack_timeout: float, max_retries: int, max_backoff: float, ids: Any,
+    def __init__(self, publisher: "_Base", events: Sequence[Dict[str, Any]],
                  on_ack: Optional[Callable[[int], None]] = None) -> None:
-        self.queue = [_Batch(list(events[i:i + batch_size])) for i in range(0, len(events), batch_size)]
+        size = publisher.batch_size
+        self.queue = [_Batch(list(events[i:i + size])) for i in range(0, len(events), size)]
         self.queue.reverse()  # pop() from the end sends in order
         self.inflight: Dict[int, Tuple[_Batch, float]] = {}
-        self.max_inflight = max_inflight
-        self.ack_timeout = ack_timeout
-        self.max_retries = max_retries
-        self.max_backoff = max_backoff
-        self.ids = ids
-        self.endpoint = endpoint
+        self.p = publisher  # its settings and request ids
         self.on_ack = on_ack
         self.result = PublishResult(events=len(events), batches=len(self.queue))
 
@@ -133,12 +127,12 @@ class _Session:
     def to_send(self, now: float) -> List[Tuple[int, List[bytes]]]:
         out: List[Tuple[int, List[bytes]]] = []
         waiting: List[_Batch] = []
-        while self.queue and len(self.inflight) + len(out) < self.max_inflight:
+        while self.queue and len(self.inflight) + len(out) < self.p.max_inflight:
             batch = self.queue.pop()
             if batch.not_before > now:
                 waiting.append(batch)
                 continue
-            req_id = next(self.ids)
+            req_id = next(self.p.ids)
             batch.tries += 1
             self.inflight[req_id] = (batch, now)
             out.append((req_id, protocol.encode(protocol.BATCH, [req_id, batch.events])))
@@ -146,12 +140,12 @@ class _Session:
         return out
 
     def _retry(self, batch: _Batch, reason: str, now: float) -> None:
-        if batch.tries > self.max_retries:
+        if batch.tries > self.p.max_retries:
             self.result.failed += len(batch.events)
             self.result.errors.append(f"gave up after {batch.tries} tries: {reason}")
             return
         self.result.retries += 1
-        backoff = min(self.max_backoff, 0.05 * 2 ** (batch.tries - 1)) * random.uniform(0.5, 1.0)
+        backoff = min(self.p.max_backoff, 0.05 * 2 ** (batch.tries - 1)) * random.uniform(0.5, 1.0)
         batch.not_before = now + backoff
         self.queue.append(batch)
 
@@ -183,18 +177,18 @@ class _Session:
     def unsent(self, req_id: int, now: float) -> None:
         """The socket had no peer to take this batch (agg down, or CURVE refused us)."""
         batch, _sent = self.inflight.pop(req_id)
-        self._retry(batch, f"not connected to agg at {self.endpoint}", now)
+        self._retry(batch, f"not connected to agg at {self.p.endpoint}", now)
 
     def expire(self, now: float) -> None:
         for req_id, (batch, sent) in list(self.inflight.items()):
-            if now - sent >= self.ack_timeout:
+            if now - sent >= self.p.ack_timeout:
                 del self.inflight[req_id]
-                self._retry(batch, f"no answer within {self.ack_timeout:g} s", now)
+                self._retry(batch, f"no answer within {self.p.ack_timeout:g} s", now)
 
     def wait_time(self, now: float) -> float:
         """How long the caller may wait for a reply before something else is due."""
-        due = [sent + self.ack_timeout for _b, sent in self.inflight.values()]
-        if self.queue and len(self.inflight) < self.max_inflight:
+        due = [sent + self.p.ack_timeout for _b, sent in self.inflight.values()]
+        if self.queue and len(self.inflight) < self.p.max_inflight:
             due.append(min(b.not_before for b in self.queue))
         return max(0.0, min(due) - now) if due else 0.0
 
@@ -223,8 +217,7 @@ class _Base:
 
     def _session(self, events: Iterable[Dict[str, Any]],
                  on_ack: Optional[Callable[[int], None]]) -> _Session:
-        return _Session(self.endpoint, list(events), self.batch_size, self.max_inflight, self.ack_timeout,
-                        self.max_retries, self.max_backoff, self.ids, on_ack)
+        return _Session(self, list(events), on_ack)
 
     def close(self) -> None:
         self.sock.close()
