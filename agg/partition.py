@@ -40,22 +40,31 @@ def shard_path(data_dir: str, partition: int) -> str:
     return os.path.join(data_dir, f"shard-{partition:04d}.sqlite3")
 
 
+def _create_meta(path: str, meta: Dict[str, int]) -> None:
+    """Write the meta file if nobody has: several processes (workers started on
+    their own) may race here, and the first one's file must win whole."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(meta, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)  # atomic, and fails if the file exists
+    except FileExistsError:
+        pass  # another process was first; its file is checked like any other
+    finally:
+        os.unlink(tmp)
+
+
 def ensure_data_dir(data_dir: str, partitions: int) -> Dict[str, int]:
     """Create ``data_dir`` and its meta file, or check the recorded partition count."""
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, META_FILE)
+    if not os.path.exists(path):
+        _create_meta(path, {"format": META_FORMAT, "partitions": partitions})
     try:
         with open(path) as fh:
             meta = json.load(fh)
-    except FileNotFoundError:
-        meta = {"format": META_FORMAT, "partitions": partitions}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(meta, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return meta
     except (OSError, ValueError) as exc:
         raise PartitionMismatch(f"cannot read {path}: {exc}") from None
     recorded = meta.get("partitions")

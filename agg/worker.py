@@ -29,7 +29,7 @@ import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
-from .partition import ensure_data_dir, partition_of, partitions_of_worker, shard_path
+from .partition import PartitionMismatch, ensure_data_dir, partition_of, partitions_of_worker, shard_path
 from .events import WireEvent
 from .shard import Shard
 
@@ -262,6 +262,9 @@ def run(config: configmod.Config, index: int) -> int:
     except sqlite3.DatabaseError as exc:
         log.error("cannot open shard %s", exc)
         return 1
+    except PartitionMismatch as exc:
+        log.error("%s", exc)
+        return 2
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", config.endpoint("worker", index), exc)
         return 1

@@ -37,6 +37,15 @@ def test_partition_count_is_recorded_and_enforced(tmp_path) -> None:
         ensure_data_dir(str(tmp_path), 4)
 
 
+def test_processes_racing_to_create_the_data_dir_all_agree(tmp_path) -> None:
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(8) as pool:
+        metas = pool.starmap(ensure_data_dir, [(str(tmp_path / "d"), 8)] * 32)
+    assert all(m["partitions"] == 8 for m in metas)
+    assert sorted(os.listdir(tmp_path / "d")) == ["agg-meta.json"]  # no temporary file left
+
+
 def test_agg_refuses_another_partition_count_in_one_line(agg_factory, tmp_base) -> None:
     first = agg_factory(partitions=4)
     assert first.stop() == 0
