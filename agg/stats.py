@@ -44,6 +44,7 @@ class Totals:
         # (role, pid) -> {reason: count}; kept after a front restarts: its rejects happened
         self.rejected: Dict[str, Dict[str, int]] = {}
         self.restarts: Dict[str, int] = {}
+        self.down: set = set()  # children the supervisor reports dead or not READY
         self.supervisor_seen: Optional[float] = None
 
     def absorb(self, topic: bytes, kind: bytes, body: Any) -> None:
@@ -61,6 +62,7 @@ class Totals:
             self.rejected[f"{body['role']}.{body['pid']}"] = dict(body["rejected"])
         elif kind == protocol.SUPER and topic == protocol.TOPIC_SUPER:
             self.restarts = dict(body["restarts"])
+            self.down = set(body.get("down", ()))
             self.supervisor_seen = now
 
     def summary(self) -> Dict[str, Any]:
@@ -83,7 +85,8 @@ class Totals:
         workers = {}
         for index in range(self.expected_workers):
             info = self.workers.get(index)
-            alive = info is not None and now - info["seen"] <= self.stale_after
+            alive = (info is not None and now - info["seen"] <= self.stale_after
+                     and f"worker.{index}" not in self.down)
             owned: List[List[Any]] = [self.partitions[p] for p in (info["partitions"] if info else [])
                                       if p in self.partitions]
             workers[str(index)] = {

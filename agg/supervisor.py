@@ -134,6 +134,7 @@ class Supervisor:
                         log.info("%s is ready (%s)", child.name, child.endpoint)
                         if self.started:
                             self.write_endpoints()  # new pid; a restarted edge may have a new port
+                            self.publish_restarts(force=True)
             except (protocol.ProtocolError, KeyError, TypeError) as exc:
                 log.warning("ignored a bad control message: %s", exc)
 
@@ -185,7 +186,9 @@ class Supervisor:
         if force or now - self.last_publish >= self.config.stats_heartbeat_s:
             self.pub.send_multipart([protocol.TOPIC_SUPER] + protocol.encode(protocol.SUPER, {
                 "pid": os.getpid(), "time": time.time(),
-                "restarts": {c.name: c.restarts for c in self.children}}))
+                "restarts": {c.name: c.restarts for c in self.children},
+                # Children dead or not READY yet: /health knows at once, not after stale_after_s.
+                "down": [c.name for c in self.children if not (c.alive() and c.ready)]}))
             self.last_publish = now
 
     def watch(self) -> int:
@@ -217,6 +220,7 @@ class Supervisor:
                             child.name, child.pid, code, child.backoff)
                 child.restart_at = now + child.backoff
                 child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+                self.publish_restarts(force=True)
             self.publish_restarts()
         return 0
 

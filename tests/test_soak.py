@@ -71,6 +71,7 @@ def test_random_sigkills_lose_nothing_acknowledged(agg_factory) -> None:
         thread.join()
     assert kills, "no process was killed"
     wait_until(lambda: system.get("/health")[0] == 200, 60, message="all restarted")
+    wait_until(lambda: system.get("/events?limit=1")[0] == 200, 30, message="events readable")
 
     expected = {(e["topic"], e["event_id"]) for s in seeds for e in make_events(ROUND_EVENTS, 0.2, s)}
     status, _, body = system.get("/events")

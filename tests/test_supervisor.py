@@ -30,6 +30,10 @@ def test_signal_stops_every_process_with_status_0(agg_factory, signum) -> None:
 def test_dead_child_is_restarted(agg: AggSystem) -> None:
     old = agg.child_pid("worker.1")
     os.kill(old, signal.SIGKILL)
+    # The supervisor reports the death, so /health knows before stats.stale_after_s (3 s).
+    status, _, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(agg.get("/health")),
+                                 2.0, interval=0.005, message="/health to see the death")
+    assert body["missing"] == ["worker 1"]
 
     def restarted():
         stats = agg.stats()
