@@ -324,9 +324,11 @@ class FastMsgpackDecoder:
 
     def decode(self, body: bytes) -> Optional[Tuple[Any, List[WireEvent]]]:
         try:
-            req_id, items = self.decoder.decode(body)
+            # Any: the element type is a Struct class built at run time from the limits.
+            decoded: Any = self.decoder.decode(body)
         except self.errors:
             return None
+        req_id, items = decoded
         out: List[WireEvent] = []
         for e in items:
             try:
