@@ -1,0 +1,82 @@
+"""A worker's own checks on what reaches its socket, spoken to directly.
+
+The front and the ingest validate and route, but a worker must still refuse a
+batch that is malformed or carries a topic of another partition (a peer with
+another partition map, a bug): storing it would break dedup. Its fast path
+(a typed decode and a cache of known topics) must refuse exactly what its slow
+path refuses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, List, Tuple
+
+import zmq
+
+from agg import protocol
+from agg.partition import partition_of, partitions_of_worker
+
+PARTITIONS = 8
+WORKERS = 2
+
+
+def topic_in(partition: int) -> str:
+    return next(t for t in (f"topic.{i}" for i in itertools.count())
+                if partition_of(t, PARTITIONS) == partition)
+
+
+class WorkerClient:
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.ids = itertools.count(1)
+
+    def send(self, events: List[Any]) -> Tuple[bool, Any]:
+        req_id = next(self.ids)
+        self.sock.send_multipart(protocol.encode(protocol.BATCH, [req_id, events]))
+        assert self.sock.poll(10_000), "the worker did not answer"
+        answer_id, ok, payload = protocol.split_reply(*protocol.decode(self.sock.recv_multipart()))
+        assert answer_id == req_id
+        return ok, payload
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def event(partition: int, topic: str, event_id: str) -> List[Any]:
+    return [partition, topic, event_id, "2025-10-21T14:30:00Z", "test", b'{"n": 1}']
+
+
+def test_worker_stores_its_own_and_refuses_what_is_not(agg_factory) -> None:
+    agg = agg_factory(partitions=PARTITIONS, workers=WORKERS)
+    mine = partitions_of_worker(0, PARTITIONS, WORKERS)
+    theirs = partitions_of_worker(1, PARTITIONS, WORKERS)
+    topic, other_topic = topic_in(mine[0]), topic_in(mine[1])
+    client = WorkerClient(agg.endpoints["workers"][0])
+    try:
+        ok, statuses = client.send([event(mine[0], topic, "a"), event(mine[1], other_topic, "b"),
+                                    event(mine[0], topic, "a")])
+        assert ok and list(statuses) == [protocol.STORED, protocol.STORED, protocol.DUPLICATE]
+
+        # A topic the worker knows, under another of its own partitions: refused,
+        # with nothing of the batch stored (its good first event included).
+        ok, payload = client.send([event(mine[0], topic, "c"), event(mine[1], topic, "d")])
+        assert not ok and payload[0] == protocol.ERR_INVALID and "not in partition" in payload[1]
+        # Another worker's partition, and a topic it has never seen.
+        ok, payload = client.send([event(theirs[0], topic_in(theirs[0]), "e")])
+        assert not ok and payload[0] == protocol.ERR_INVALID and "not in partition" in payload[1]
+        # Malformed: a field missing, a payload that is text instead of bytes.
+        ok, payload = client.send([event(mine[0], topic, "f")[:5]])
+        assert not ok and payload[0] == protocol.ERR_INVALID
+        ok, payload = client.send([event(mine[0], topic, "g")[:5] + ["{}"]])
+        assert not ok and payload[0] == protocol.ERR_INVALID
+
+        ok, statuses = client.send([event(mine[0], topic, "a"), event(mine[0], topic, "h")])
+        assert ok and list(statuses) == [protocol.DUPLICATE, protocol.STORED]
+    finally:
+        client.close()
+    agg.wait_stats(received=5, unique=3, duplicates=2)
+    status, _, body = agg.get(f"/events?topic={topic}")
+    assert status == 200 and [e["event_id"] for e in body["events"]] == ["a", "h"]
