@@ -100,7 +100,7 @@ SCHEMA: Tuple[Setting, ...] = (
     Setting("storage.group_max_events", int, 5000,
             "most events a worker commits in one group commit", minimum=1),
     Setting("storage.cache_mib", int, 64, "SQLite page cache per shard, in MiB", minimum=1),
-    Setting("storage.wal_autocheckpoint", int, 1000,
+    Setting("storage.wal_autocheckpoint", int, 16000,
             "WAL pages after which a commit also checkpoints (idle workers checkpoint sooner)",
             minimum=0),
     Setting("stats.publish_interval_s", float, 0.0,
