@@ -5,8 +5,9 @@ batches) it starts a real ``agg run`` on a fresh temporary data directory,
 drives it from separate load processes at full speed, then again at half of
 the speed it found (for latency at half of peak load), and prints one table:
 events/s acknowledged, p50/p99 latency of an acknowledgement, the rate of the
-first and the last 100k events, and the peak RSS of every agg process. It
-also measures the disk's fsync latency and the seed demo (5,000 events, 20%
+first and the last 100k events, the time agg takes to be ready again after
+every process of it is killed, the CPU each process spent per event, and the
+peak RSS of every agg process. It also measures the disk's fsync latency and the seed demo (5,000 events, 20%
 duplicates) end to end, because those explain most differences between
 machines.
 
@@ -307,6 +308,20 @@ def peak_rss(pids: Dict[str, int]) -> Dict[str, float]:
     return out
 
 
+def cpu_seconds(pids: Dict[str, int]) -> Dict[str, float]:
+    """User plus system CPU time of each process so far, all its threads included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
 class System:
     """A real ``agg run`` on a temporary data directory, for one measurement."""
 
@@ -338,6 +353,16 @@ class System:
 
     def pids(self) -> Dict[str, int]:
         return {"supervisor": self.proc.pid, **self.endpoints["children"]}
+
+    def crash(self) -> None:
+        """SIGKILL every agg process at once, as a power cut would leave it."""
+        for pid in self.pids().values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.log.close()
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -377,14 +402,27 @@ def bench_path(path: str, args: argparse.Namespace, settings: List[str]) -> Dict
             "rate": 0.0,
             "endpoint": system.endpoints["ingest" if path == "zmq-batch" else "http"],
         }
+        cpu_before = cpu_seconds(system.pids())
         full = summarize(drive(spec))
+        cpu_after = cpu_seconds(system.pids())
+        # CPU per acknowledged event: steadier than events/s on a shared machine,
+        # and it shows which process a change made cheaper.
+        cpu_us = {name: round((cpu_after[name] - cpu_before[name]) / max(full["events"], 1) * 1e6, 1)
+                  for name in cpu_after if name in cpu_before and name != "supervisor"}
         # Half of peak: new events (another seed), paced at half the rate just found.
         half_spec = dict(spec, seed=args.seed + 1, rate=full["events_per_s"] / 2,
                          events=max(1000, min(spec["events"] // 5, int(full["events_per_s"] * 10))))
         half = summarize(drive(half_spec))
+        rss = peak_rss(system.pids())
+        # Ready again after a crash: nothing may need a rebuild that grows with the data.
+        system.crash()
+        started = time.monotonic()
+        system = System(base, settings)
+        restart = time.monotonic() - started
         return {"path": path, "full": full,
                 "half_load": {k: half[k] for k in ("events_per_s", "p50_ms", "p99_ms") if k in half},
-                "peak_rss_mib": peak_rss(system.pids())}
+                "cpu_us_per_event": cpu_us, "restart_after_kill_s": round(restart, 2),
+                "peak_rss_mib": rss}
     finally:
         system.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -401,7 +439,7 @@ def render(report: Dict[str, Any]) -> str:
              f"seed demo (5,000 events, 20% duplicates, HTTP batches of 500): "
              f"{report['seed_demo_s'] * 1000:.0f} ms end to end", ""]
     head = (f"{'path':<12} {'events':>9} {'acked ev/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'half-load p50/p99 ms':>21} {'first 100k/s':>12} {'last 100k/s':>12}")
+            f"{'half-load p50/p99 ms':>21} {'first 100k/s':>12} {'last 100k/s':>12} {'restart s':>9}")
     lines.append(head)
     lines.append("-" * len(head))
     for row in report["paths"]:
@@ -409,8 +447,13 @@ def render(report: Dict[str, Any]) -> str:
         lines.append(
             f"{row['path']:<12} {f['events']:>9,} {f['events_per_s']:>11,.0f} {f['p50_ms']:>7} "
             f"{f['p99_ms']:>7} {str(h.get('p50_ms')) + ' / ' + str(h.get('p99_ms')):>21} "
-            f"{_maybe(f.get('first_100k_per_s')):>12} {_maybe(f.get('last_100k_per_s')):>12}")
+            f"{_maybe(f.get('first_100k_per_s')):>12} {_maybe(f.get('last_100k_per_s')):>12} "
+            f"{row['restart_after_kill_s']:>9}")
     lines.append("")
+    lines.append("restart s: from SIGKILL of every agg process to ready again, on the data just written")
+    lines.append("CPU µs per acknowledged event, at full load: " + "; ".join(
+        f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row["cpu_us_per_event"].items())
+        for row in report["paths"]))
     lines.append("peak RSS, MiB: " + "; ".join(
         f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mib"].items())
         for row in report["paths"]))
