@@ -332,7 +332,9 @@ class FastMsgpackDecoder:
         out: List[WireEvent] = []
         for e in items:
             try:
-                payload = orjson.dumps(e.payload)
+                # msgspec turns a msgpack timestamp into a datetime, which orjson would
+                # write as a string; the slow path refuses it (no JSON form), so here too.
+                payload = orjson.dumps(e.payload, option=orjson.OPT_PASSTHROUGH_DATETIME)
             except (TypeError, orjson.JSONEncodeError):
                 return None
             if (b"null" in payload and _has_non_finite(e.payload)) \

@@ -148,3 +148,23 @@ def test_fast_msgpack_decoder_agrees_with_validation(body, nan) -> None:
         slow = None
     if fast is not None:
         assert slow is not None and fast == (7, slow)
+
+
+def test_msgpack_values_without_a_json_form_are_refused_on_both_paths() -> None:
+    """A timestamp, bytes, an extension type or an integer key inside a msgpack
+    payload has no JSON form: the ingest's fast path and its slow path both
+    refuse it, whatever else the batch holds."""
+    import datetime
+
+    import msgpack
+    from agg import protocol
+    from agg.events import FastMsgpackDecoder
+
+    stamp = msgpack.Timestamp.from_datetime(datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc))
+    for value in (stamp, b"\x00bytes", msgpack.ExtType(5, b"x"), {1: "an integer key"}):
+        body = msgpack.packb([7, [event(), event(payload={"v": value})]])
+        assert FastMsgpackDecoder(LIMITS).decode(body) is None, value
+        _req_id, items = protocol.unpack(body)
+        with pytest.raises(InvalidEvents) as refused:
+            validate_batch(items, LIMITS)
+        assert [(e.index, e.field) for e in refused.value.errors] == [(1, "payload")]
