@@ -61,6 +61,17 @@ class CommitClock:
         return self.last
 
 
+def staggered(pages: int, n: int, count: int) -> int:
+    """The WAL size at which the ``n``-th of ``count`` shards checkpoints: from
+    0.75 to 1.25 times ``pages``. The shards of a worker fill at about the same
+    rate, so with one threshold they would all checkpoint in the same group and
+    hold its answers for the sum of their checkpoints (past limits.stall_s at
+    10M events); staggered, a group meets about one at a time."""
+    if pages <= 0 or count <= 1:
+        return pages
+    return int(pages * (0.75 + 0.5 * n / (count - 1)))
+
+
 class Worker:
     def __init__(self, config: configmod.Config, index: int) -> None:
         self.config = config
@@ -68,11 +79,11 @@ class Worker:
         self.partitions = partitions_of_worker(index, config.partitions, config.workers)
         ensure_data_dir(config.data_dir, config.partitions)
         self.shards: Dict[int, Shard] = {}
-        for p in self.partitions:
+        for n, p in enumerate(self.partitions):
             path = shard_path(config.data_dir, p)
             try:
                 self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib,
-                                       config.storage_wal_autocheckpoint)
+                                       staggered(config.storage_wal_autocheckpoint, n, len(self.partitions)))
             except sqlite3.DatabaseError as exc:
                 raise sqlite3.DatabaseError(f"{path}: {exc}") from None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
