@@ -101,7 +101,8 @@ SCHEMA: Tuple[Setting, ...] = (
             "most events a worker commits in one group commit", minimum=1),
     Setting("storage.cache_mib", int, 64, "SQLite page cache per shard, in MiB", minimum=1),
     Setting("storage.wal_autocheckpoint", int, 16000,
-            "WAL pages after which a commit also checkpoints (idle workers checkpoint sooner)",
+            "WAL pages after which a commit also checkpoints, staggered 0.75-1.25x across a "
+            "worker's shards (idle workers checkpoint sooner)",
             minimum=0),
     Setting("stats.publish_interval_s", float, 0.0,
             "least time between two counter snapshots of a worker (0: after every commit)",

@@ -80,3 +80,13 @@ def test_worker_stores_its_own_and_refuses_what_is_not(agg_factory) -> None:
     agg.wait_stats(received=5, unique=3, duplicates=2)
     status, _, body = agg.get(f"/events?topic={topic}")
     assert status == 200 and [e["event_id"] for e in body["events"]] == ["a", "h"]
+
+
+def test_shards_of_a_worker_checkpoint_at_staggered_wal_sizes() -> None:
+    from agg.worker import staggered
+
+    sizes = [staggered(16000, n, 4) for n in range(4)]
+    assert sorted(set(sizes)) == sizes and (sizes[0], sizes[-1]) == (12000, 20000)
+    assert abs(sum(sizes) / len(sizes) - 16000) < 200
+    assert staggered(16000, 0, 1) == 16000  # a worker with one shard
+    assert staggered(0, 3, 4) == 0  # 0 turns automatic checkpoints off, for every shard
