@@ -7,9 +7,9 @@ the speed it found (for latency at half of peak load), and prints one table:
 events/s acknowledged, p50/p99 latency of an acknowledgement, the rate of the
 first and the last 100k events, the time agg takes to be ready again after
 every process of it is killed, the CPU each process spent per event, and the
-peak RSS of every agg process. It also measures the disk's fsync latency and the seed demo (5,000 events, 20%
-duplicates) end to end, because those explain most differences between
-machines.
+peak RSS of every agg process. It also measures the disk's fsync latency and
+the seed demo (5,000 events, 20% duplicates) end to end, because those explain
+most differences between machines.
 
 Workload: ``--events`` events (``--single-events`` for the one-per-request
 path, which is slower by nature), ``--duplicates`` of them resends of earlier

@@ -102,10 +102,10 @@ class Shard:
             raise
         self.db.execute("COMMIT")
 
-    def store(self, rows: Sequence[NewRow], received_at: str) -> List[bool]:
-        """Insert ``rows`` (all stamped ``received_at``) in one transaction; return,
-        per row, True if it is new and False if it duplicates one stored before
-        (or earlier in ``rows``)."""
+    def store(self, rows: Sequence[NewRow]) -> List[bool]:
+        """Insert ``rows`` (at least one) in one transaction; return, per row, True
+        if it is new and False if it duplicates one stored before (or earlier in
+        ``rows``)."""
         before = self.last_seq
         with self.transaction() as db:
             db.executemany(INSERT, rows)
@@ -128,7 +128,7 @@ class Shard:
         # Only now, after COMMIT, does the in-memory view move forward.
         self.unchecked = True
         self.last_seq = last
-        self.last_received_at = received_at
+        self.last_received_at = rows[-1][5]
         for topic, (r, u, d) in bumps.items():
             mine = self.counters.get(topic)
             if mine is None:

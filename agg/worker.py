@@ -120,7 +120,7 @@ class Worker:
         failed: Dict[int, str] = {}
         for p, (places, rows) in groups.items():
             try:
-                result = self.shards[p].store(rows, received_at)
+                result = self.shards[p].store(rows)
             except sqlite3.Error as exc:
                 log.error("commit to shard %d failed: %s", p, exc)
                 failed[p] = f"storage error in partition {p}: {exc}"
@@ -144,6 +144,10 @@ class Worker:
                 reply = protocol.encode_err(req_id, protocol.ERR_INTERNAL, reason)
             self.router.send_multipart([rid] + reply)
 
+    def owns(self, partition: int, topic: str) -> bool:
+        """Whether ``topic`` is in ``partition`` and that partition is this worker's."""
+        return partition in self.shards and partition_of(topic, self.config.partitions) == partition
+
     def batch_of(self, body: bytes) -> Optional[Tuple[Any, Sequence[Sequence[Any]]]]:
         """``(req_id, events)`` of a well-formed BATCH body whose events are all
         this worker's, checked in C and with a cache of known topics; None for
@@ -155,7 +159,7 @@ class Worker:
         known = self.known_topics
         for ev in events:
             if known.get(ev[1]) != ev[0]:
-                if ev[0] not in self.shards or partition_of(ev[1], self.config.partitions) != ev[0]:
+                if not self.owns(ev[0], ev[1]):
                     return None
                 if len(known) >= KNOWN_TOPICS_MAX:
                     known.clear()
@@ -171,7 +175,7 @@ class Worker:
             if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)
                     and all(isinstance(x, str) for x in ev[1:5]) and isinstance(ev[5], bytes)):
                 raise protocol.ProtocolError(protocol.ERR_INVALID, "malformed event in batch")
-            if ev[0] not in self.shards or partition_of(ev[1], self.config.partitions) != ev[0]:
+            if not self.owns(ev[0], ev[1]):
                 raise protocol.ProtocolError(
                     protocol.ERR_INVALID, f"topic {ev[1]!r} is not in partition {ev[0]} of worker "
                                           f"{self.index}, which owns {self.partitions}")

@@ -136,7 +136,7 @@ TORN = r'''
 import os, signal, sys
 from agg.shard import Shard
 shard = Shard(sys.argv[1])
-shard.store([("t", "committed-%d" % i, "2025-10-21T14:30:00Z", "s", b"{}", "now") for i in range(100)], "now")
+shard.store([("t", "committed-%d" % i, "2025-10-21T14:30:00Z", "s", b"{}", "now") for i in range(100)])
 db = shard.db
 db.execute("BEGIN IMMEDIATE")
 db.executemany("INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
