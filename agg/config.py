@@ -109,7 +109,8 @@ SCHEMA: Tuple[Setting, ...] = (
             minimum=0.0),
     Setting("stats.heartbeat_s", float, 0.5, "a worker sends its snapshot at least this often",
             minimum=0.01),
-    Setting("stats.stale_after_s", float, 3.0, "a worker silent this long is reported down",
+    Setting("stats.stale_after_s", float, 3.0,
+            "a worker silent this long is reported down (at least twice stats.heartbeat_s)",
             minimum=0.01),
     Setting("supervisor.ready_timeout_s", float, 30.0, "how long a child may take to say READY",
             minimum=0.1),
@@ -228,6 +229,11 @@ class Config:
 
 
 def _finish(values: Dict[str, Any]) -> Config:
+    # A worker sends a snapshot every heartbeat (give or take its 100 ms tick); a window not
+    # well above that reports healthy workers down between two of their snapshots.
+    if values["stats_stale_after_s"] < 2 * values["stats_heartbeat_s"]:
+        raise ConfigError(f"stats.stale_after_s: must be at least twice stats.heartbeat_s "
+                          f"({values['stats_heartbeat_s']:g}), got {values['stats_stale_after_s']:g}")
     values["data_dir"] = os.path.abspath(values["data_dir"])
     if not values["run_dir"]:
         values["run_dir"] = os.path.join(values["data_dir"], "run")

@@ -51,6 +51,7 @@ def test_data_dir_and_run_dir_are_absolute(tmp_path) -> None:
     ([], {"AGG_WORKERS": "0"}, ["workers", "AGG_WORKERS", "at least 1"]),
     ([], {"AGG_STORAGE_SYNCHRONOUS": "sometimes"}, ["storage.synchronous", "FULL"]),
     ([], {"AGG_HTTP_ENABLED": "maybe"}, ["http.enabled", "expected bool"]),
+    ([], {"AGG_STATS_STALE_AFTER_S": "0.5"}, ["stats.stale_after_s", "stats.heartbeat_s", "0.5"]),
 ])
 def test_bad_value_names_the_key(argv, env, words) -> None:
     with pytest.raises(configmod.ConfigError) as caught:
