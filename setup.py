@@ -15,6 +15,7 @@ setup(
         "uvicorn>=0.29",
         "orjson>=3.9",
         "msgspec>=0.18.6",
+        "numpy>=1.24",
         "prometheus_client>=0.17",
         "swagger-ui-bundle>=1.1",
         "tomli>=2.0; python_version < '3.11'",

@@ -104,6 +104,10 @@ SCHEMA: Tuple[Setting, ...] = (
             "WAL pages after which a commit also checkpoints, staggered 0.75-1.25x across a "
             "worker's shards (idle workers checkpoint sooner)",
             minimum=0),
+    Setting("storage.index_save_rows", int, 200_000,
+            "rows a shard may add before its key index file is saved again; a start reads "
+            "at most these rows per shard to catch up (idle workers save sooner)",
+            minimum=1),
     Setting("stats.publish_interval_s", float, 0.0,
             "least time between two counter snapshots of a worker (0: after every commit)",
             minimum=0.0),

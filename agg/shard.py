@@ -1,22 +1,31 @@
-"""One partition's SQLite file: its events, its dedup key and its counters.
+"""One partition's SQLite file: its events and its counters, and the in-memory
+index of its keys.
 
 Only the worker that owns the partition opens its shard, so a shard has a
-single writer and no lock contention. ``store`` is the group commit: one
-transaction inserts a group of events, learns which were new, and adds to the
-per-topic counters, so that events and counters are never out of step, even
-after a SIGKILL in the middle (SQLite's journal rolls back the partial
-transaction at the next open).
+single writer and no lock contention. ``store`` is the group commit: it asks
+the key index (``keyindex``) which events are new, and one transaction
+appends those and adds to the per-topic counters, so that events and counters
+are never out of step, even after a SIGKILL in the middle (SQLite's journal
+rolls back the partial transaction at the next open). The index moves forward
+only after COMMIT.
 
-Processing order is ``seq``, the rowid: it only grows, because rows are
-never deleted, so ``seq > before`` after an insert is exactly the set of rows
-that insert added.
+Processing order is ``seq``, the rowid, which ``store`` assigns: it only
+grows, because rows are never deleted.
+
+Shards created before the key index have a unique SQLite index on
+``(topic, event_id)`` too; it is kept, and still refuses a repeat.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from .keyindex import KeyIndex, key_hash
+
+log = logging.getLogger("agg.shard")
 
 
 SCHEMA = """
@@ -29,7 +38,6 @@ CREATE TABLE IF NOT EXISTS events (
     payload     BLOB NOT NULL,
     received_at TEXT NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (topic, event_id);
 CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
 CREATE TABLE IF NOT EXISTS counters (
     topic             TEXT PRIMARY KEY,
@@ -39,9 +47,12 @@ CREATE TABLE IF NOT EXISTS counters (
 ) WITHOUT ROWID;
 """
 
-INSERT = ("INSERT OR IGNORE INTO events (topic, event_id, timestamp, source, payload, received_at)"
-          " VALUES (?, ?, ?, ?, ?, ?)")
-ADDED_SINCE = "SELECT topic, event_id FROM events WHERE seq > ?"
+INSERT = ("INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
+          " VALUES (?, ?, ?, ?, ?, ?, ?)")
+KEYS_AFTER = "SELECT seq, topic, event_id FROM events WHERE seq > ? ORDER BY seq"
+KEY_AT = "SELECT topic, event_id FROM events WHERE seq = ?"
+# Rows fetched per query when the index's hits are checked (SQLite's old limit is 999).
+KEYS_PER_QUERY = 500
 BUMP_COUNTERS = (
     "INSERT INTO counters (topic, received, unique_processed, duplicate_dropped) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (topic) DO UPDATE SET received = received + excluded.received,"
@@ -63,8 +74,10 @@ class Shard:
     """The SQLite file of one partition, opened by its owning worker."""
 
     def __init__(self, path: str, synchronous: str = "FULL", cache_mib: int = 64,
-                 wal_autocheckpoint: int = 16000) -> None:
+                 wal_autocheckpoint: int = 16000, index_save_rows: int = 200_000) -> None:
         self.path = path
+        self.index_path = path + ".keys"
+        self.index_save_rows = index_save_rows
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see transaction()).
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # WAL must be set outside a transaction; it persists in the file.
@@ -83,12 +96,41 @@ class Shard:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
-        last = self.db.execute("SELECT seq, received_at FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        last = self.db.execute("SELECT seq, received_at, topic, event_id FROM events"
+                               " ORDER BY seq DESC LIMIT 1").fetchone()
         self.last_seq: int = last[0] if last else 0
         self.last_received_at: str = last[1] if last else ""
+        self.last_key: int = key_hash(last[2], last[3]) if last else 0  # of the row at last_seq
         self.counters: TopicCounters = {
             topic: [r, u, d]
             for topic, r, u, d in self.db.execute("SELECT * FROM counters")}
+        self.index, self.index_saved = self.open_index()
+
+    def open_index(self) -> Tuple[KeyIndex, int]:
+        """The key index and the seq its file covers: the file, if it matches
+        this shard, plus the rows after it; else every row."""
+        covered = 0
+        loaded = KeyIndex.load(self.index_path)
+        if loaded is not None:
+            index, covered, covered_key = loaded
+            row = self.db.execute(KEY_AT, (covered,)).fetchone()
+            if not (covered <= self.last_seq and (key_hash(*row) if row else 0) == covered_key):
+                log.warning("%s does not match its shard; rebuilding the key index", self.index_path)
+                loaded = None
+        if loaded is None:
+            index, covered = KeyIndex(), 0
+        index.bulk_load(self.db.execute(KEYS_AFTER, (covered,)))
+        return index, covered
+
+    def save_index(self) -> None:
+        """Write the key index's file, so that a restart reads the rows after
+        this point only. A failure costs only a longer next start."""
+        try:
+            self.index.save(self.index_path, self.last_seq, self.last_key)
+        except OSError as exc:
+            log.warning("cannot save the key index %s: %s", self.index_path, exc)
+            return
+        self.index_saved = self.last_seq
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -102,32 +144,59 @@ class Shard:
             raise
         self.db.execute("COMMIT")
 
+    def stored_keys(self, seqs: Iterable[int]) -> Dict[int, Tuple[str, str]]:
+        """seq -> (topic, event_id) of the given rows."""
+        wanted = list(seqs)
+        keys: Dict[int, Tuple[str, str]] = {}
+        for start in range(0, len(wanted), KEYS_PER_QUERY):
+            chunk = wanted[start:start + KEYS_PER_QUERY]
+            query = f"SELECT seq, topic, event_id FROM events WHERE seq IN ({','.join('?' * len(chunk))})"
+            for seq, topic, event_id in self.db.execute(query, chunk):
+                keys[seq] = (topic, event_id)
+        return keys
+
     def store(self, rows: Sequence[NewRow]) -> List[bool]:
         """Insert ``rows`` (at least one) in one transaction; return, per row, True
         if it is new and False if it duplicates one stored before (or earlier in
         ``rows``)."""
-        before = self.last_seq
+        hashes = [key_hash(row[0], row[1]) for row in rows]
+        hits = self.index.candidates(hashes)
+        stored = self.stored_keys(seq for seqs in hits if seqs for seq in seqs)
+        statuses: List[bool] = []
+        bumps: TopicCounters = {}
+        inserts: List[Tuple[int, str, str, str, str, bytes, str]] = []
+        fresh: List[Tuple[int, int]] = []     # (hash, seq) of new keys, hash new too
+        collided: List[Tuple[int, int]] = []  # (hash, seq) of new keys whose hash is taken
+        in_group: Dict[int, List[Tuple[str, str]]] = {}  # hash -> new keys of this group
+        seq, last_hash = self.last_seq, self.last_key
+        for row, h, seqs in zip(rows, hashes, hits):
+            key = (row[0], row[1])
+            earlier = in_group.get(h)
+            new = not ((seqs is not None and any(stored.get(s) == key for s in seqs))
+                       or (earlier is not None and key in earlier))
+            if new:
+                seq += 1
+                last_hash = h
+                inserts.append((seq, *row))
+                if seqs is None and earlier is None:
+                    fresh.append((h, seq))
+                    in_group[h] = [key]
+                else:
+                    collided.append((h, seq))
+                    in_group.setdefault(h, []).append(key)
+            statuses.append(new)
+            bump = bumps.get(key[0])
+            if bump is None:
+                bump = bumps[key[0]] = [0, 0, 0]
+            bump[0] += 1
+            bump[1 if new else 2] += 1
         with self.transaction() as db:
-            db.executemany(INSERT, rows)
-            added = set(db.execute(ADDED_SINCE, (before,)))
-            statuses: List[bool] = []
-            bumps: TopicCounters = {}
-            for row in rows:
-                key = (row[0], row[1])
-                new = key in added
-                if new:
-                    added.discard(key)  # a second copy in the same group is a duplicate
-                statuses.append(new)
-                bump = bumps.get(key[0])
-                if bump is None:
-                    bump = bumps[key[0]] = [0, 0, 0]
-                bump[0] += 1
-                bump[1 if new else 2] += 1
+            db.executemany(INSERT, inserts)
             db.executemany(BUMP_COUNTERS, [(t, r, u, d) for t, (r, u, d) in bumps.items()])
-            last = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         # Only now, after COMMIT, does the in-memory view move forward.
+        self.index.add(fresh, collided)
         self.unchecked = True
-        self.last_seq = last
+        self.last_seq, self.last_key = seq, last_hash
         self.last_received_at = rows[-1][5]
         for topic, (r, u, d) in bumps.items():
             mine = self.counters.get(topic)
@@ -137,13 +206,18 @@ class Shard:
                 mine[0] += r
                 mine[1] += u
                 mine[2] += d
+        if self.last_seq - self.index_saved >= self.index_save_rows:
+            self.save_index()
         return statuses
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file, if anything was written since."""
+        """Idle time: fold the WAL back into the database file if anything was
+        written since, and save the key index if many rows are not in its file."""
         if self.unchecked:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self.unchecked = False
+        if self.last_seq - self.index_saved >= max(1, self.index_save_rows // 10):
+            self.save_index()
 
     def page(self, after: int, limit: int, topic: Optional[str] = None) -> List[Row]:
         """Up to ``limit`` events with ``seq > after``, in processing order."""
@@ -160,4 +234,6 @@ class Shard:
         return [r, u, d]
 
     def close(self) -> None:
+        if self.last_seq > self.index_saved:
+            self.save_index()
         self.db.close()

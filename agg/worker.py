@@ -83,7 +83,8 @@ class Worker:
             path = shard_path(config.data_dir, p)
             try:
                 self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib,
-                                       staggered(config.storage_wal_autocheckpoint, n, len(self.partitions)))
+                                       staggered(config.storage_wal_autocheckpoint, n, len(self.partitions)),
+                                       config.storage_index_save_rows)
             except sqlite3.DatabaseError as exc:
                 raise sqlite3.DatabaseError(f"{path}: {exc}") from None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))

@@ -1,0 +1,167 @@
+"""The in-memory dedup index of one shard: which ``(topic, event_id)`` it holds,
+and in which row.
+
+Why it exists: with a unique SQLite index on ``(topic, event_id)``, every
+random event id dirties a random index page, each commit writes those pages
+to the WAL (about one 4 KiB page per event), and as a shard grows past its
+page cache the inserts slow down. With this index in memory, the shard's
+table is append-only, and a commit writes little more than its rows.
+
+How: each key is a 64-bit hash mapped to the seq of its row. Most of them sit
+in two sorted numpy arrays (16 bytes per key); the keys added since the last
+merge sit in a dict of at most ``RECENT_MAX`` entries. A hash is only a hint:
+the shard reads the row behind a hit and compares the key, so two keys with
+the same hash never make a new event a duplicate. The later of two such keys
+goes to ``overflow``.
+
+Restart: ``save`` writes the arrays to a file with the seq they cover, and
+``load`` reads it back, so that opening a shard scans only the rows after
+that seq. The file is a cache, never the truth: missing, torn, or not
+matching the shard, it is ignored and the index is rebuilt from the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Keys added since the last merge, kept in a dict (~100 bytes each) before they
+# join the sorted arrays; a merge copies the arrays, so not after every commit.
+RECENT_MAX = 32768
+
+MAGIC = b"aggkeys1"
+# magic, covered seq, hash of the covered row's key, keys, overflow pairs, crc32 of the body
+HEADER = struct.Struct("<8sqqqqI")
+
+
+def key_hash(topic: str, event_id: str) -> int:
+    """A stable 64-bit hash of a key, the same in every process and run."""
+    digest = hashlib.blake2b(f"{topic}\x00{event_id}".encode("utf-8", "surrogatepass"),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+class KeyIndex:
+    """hash -> seq of every key of a shard; see the module's docstring."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.int64)  # sorted, no repeats
+        self.seqs = np.empty(0, dtype=np.int64)    # seqs[i] is the row of hashes[i]
+        self.recent: Dict[int, int] = {}           # not yet merged; none of these is in hashes
+        self.overflow: Dict[int, List[int]] = {}   # more rows whose key has an indexed hash
+
+    def __len__(self) -> int:
+        return len(self.hashes) + len(self.recent) + sum(len(v) for v in self.overflow.values())
+
+    def candidates(self, hashes: Sequence[int]) -> List[Optional[List[int]]]:
+        """Per hash, the seqs of the rows whose key has that hash (None if none):
+        the key is stored iff one of those rows holds it."""
+        out: List[Optional[List[int]]] = [None] * len(hashes)
+        recent = self.recent
+        for i, h in enumerate(hashes):
+            seq = recent.get(h)
+            if seq is not None:
+                out[i] = [seq]
+        if len(self.hashes):
+            wanted = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
+            at = np.minimum(np.searchsorted(self.hashes, wanted), len(self.hashes) - 1)
+            for i in np.flatnonzero(self.hashes[at] == wanted).tolist():
+                out[i] = [int(self.seqs[at[i]])]
+        if self.overflow:
+            for i, h in enumerate(hashes):
+                more = self.overflow.get(h)
+                if more is not None:
+                    out[i] = (out[i] or []) + more
+        return out
+
+    def add(self, fresh: Iterable[Tuple[int, int]], collided: Iterable[Tuple[int, int]] = ()) -> None:
+        """Index committed rows, as ``(hash, seq)`` pairs: ``fresh`` ones, whose
+        hash is not indexed yet, and ``collided`` ones, whose hash is (for
+        another key, as the shard checked)."""
+        recent = self.recent
+        for h, seq in fresh:
+            recent[h] = seq
+        for h, seq in collided:
+            self.overflow.setdefault(h, []).append(seq)
+        if len(recent) >= RECENT_MAX:
+            self.merge()
+
+    def merge(self) -> None:
+        """Move the recent keys into the sorted arrays."""
+        if not self.recent:
+            return
+        count = len(self.recent)
+        hashes = np.fromiter(self.recent.keys(), dtype=np.int64, count=count)
+        seqs = np.fromiter(self.recent.values(), dtype=np.int64, count=count)
+        order = np.argsort(hashes)
+        hashes, seqs = hashes[order], seqs[order]
+        at = np.searchsorted(self.hashes, hashes)
+        self.hashes = np.insert(self.hashes, at, hashes)
+        self.seqs = np.insert(self.seqs, at, seqs)
+        self.recent = {}
+
+    def bulk_load(self, rows: Iterable[Tuple[int, str, str]]) -> None:
+        """Index stored rows, ``(seq, topic, event_id)`` in seq order, all of
+        them distinct keys: the rebuild at open, sorted in one go."""
+        pairs = [(key_hash(topic, event_id), seq) for seq, topic, event_id in rows]
+        if not pairs:
+            return
+        self.merge()
+        hashes = np.fromiter((h for h, _ in pairs), dtype=np.int64, count=len(pairs))
+        seqs = np.fromiter((s for _, s in pairs), dtype=np.int64, count=len(pairs))
+        hashes = np.concatenate([self.hashes, hashes])
+        seqs = np.concatenate([self.seqs, seqs])
+        order = np.argsort(hashes, kind="stable")  # stable: of equal hashes, the oldest row first
+        hashes, seqs = hashes[order], seqs[order]
+        repeat = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1
+        for i in repeat.tolist():
+            self.overflow.setdefault(int(hashes[i]), []).append(int(seqs[i]))
+        self.hashes = np.delete(hashes, repeat)
+        self.seqs = np.delete(seqs, repeat)
+
+    # -- the file -------------------------------------------------------------------------
+
+    def save(self, path: str, covered: int, covered_key: int) -> None:
+        """Write the index, which holds every row up to seq ``covered`` (whose key
+        hashes to ``covered_key``), to ``path`` atomically."""
+        self.merge()
+        extra = np.array([(h, s) for h, seqs in self.overflow.items() for s in seqs],
+                         dtype=np.int64).reshape(-1, 2)
+        body = self.hashes.tobytes() + self.seqs.tobytes() + extra.tobytes()
+        header = HEADER.pack(MAGIC, covered, covered_key, len(self.hashes), len(extra),
+                             zlib.crc32(body))
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> Optional[Tuple["KeyIndex", int, int]]:
+        """``(index, covered seq, hash of the covered row's key)`` from ``path``,
+        or None if it is missing or not whole."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None
+        if len(data) < HEADER.size:
+            return None
+        magic, covered, covered_key, keys, extra, crc = HEADER.unpack_from(data)
+        body = data[HEADER.size:]
+        if magic != MAGIC or len(body) != 8 * (2 * keys + 2 * extra) or zlib.crc32(body) != crc:
+            return None
+        index = cls()
+        index.hashes = np.frombuffer(body, dtype=np.int64, count=keys).copy()
+        index.seqs = np.frombuffer(body, dtype=np.int64, count=keys, offset=8 * keys).copy()
+        pairs = np.frombuffer(body, dtype=np.int64, offset=16 * keys).reshape(-1, 2)
+        for h, s in pairs.tolist():
+            index.overflow.setdefault(h, []).append(s)
+        return index, covered, covered_key
