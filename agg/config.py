@@ -104,7 +104,7 @@ SCHEMA: Tuple[Setting, ...] = (
             "WAL pages after which a commit also checkpoints, staggered 0.75-1.25x across a "
             "worker's shards (idle workers checkpoint sooner)",
             minimum=0),
-    Setting("storage.index_save_rows", int, 200_000,
+    Setting("storage.index_save_rows", int, 100_000,
             "rows a shard may add before its key index file is saved again; a start reads "
             "at most these rows per shard to catch up (idle workers save sooner)",
             minimum=1),

@@ -74,7 +74,7 @@ class Shard:
     """The SQLite file of one partition, opened by its owning worker."""
 
     def __init__(self, path: str, synchronous: str = "FULL", cache_mib: int = 64,
-                 wal_autocheckpoint: int = 16000, index_save_rows: int = 200_000) -> None:
+                 wal_autocheckpoint: int = 16000, index_save_rows: int = 100_000) -> None:
         self.path = path
         self.index_path = path + ".keys"
         self.index_save_rows = index_save_rows
