@@ -8,8 +8,9 @@ page cache the inserts slow down. With this index in memory, the shard's
 table is append-only, and a commit writes little more than its rows.
 
 How: each key is a 64-bit hash mapped to the seq of its row. Most of them sit
-in two sorted numpy arrays (16 bytes per key); the keys added since the last
-merge sit in a dict of at most ``RECENT_MAX`` entries. A hash is only a hint:
+in two sorted numpy arrays (12 bytes per key: seqs take 4 bytes until a shard
+passes 2**32 rows); the keys added since the last merge sit in a dict of at
+most ``RECENT_MAX`` entries (about 1.6 MiB). A hash is only a hint:
 the shard reads the row behind a hit and compares the key, so two keys with
 the same hash never make a new event a duplicate. The later of two such keys
 goes to ``overflow``.
@@ -22,6 +23,7 @@ matching the shard, it is ignored and the index is rebuilt from the rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -32,11 +34,13 @@ import numpy as np
 
 # Keys added since the last merge, kept in a dict (~100 bytes each) before they
 # join the sorted arrays; a merge copies the arrays, so not after every commit.
-RECENT_MAX = 32768
+RECENT_MAX = 16384
+UINT32_MAX = 2**32 - 1
 
 MAGIC = b"aggkeys1"
-# magic, covered seq, hash of the covered row's key, keys, overflow pairs, crc32 of the body
-HEADER = struct.Struct("<8sqqqqI")
+# magic, covered seq, hash of the covered row's key, keys, bytes per seq, overflow pairs,
+# crc32 of the body
+HEADER = struct.Struct("<8sqqqBqI")
 
 
 def key_hash(topic: str, event_id: str) -> int:
@@ -46,12 +50,19 @@ def key_hash(topic: str, event_id: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def narrow(seqs: np.ndarray) -> np.ndarray:
+    """``seqs`` as 4-byte integers if they all fit, else as 8-byte ones."""
+    if not len(seqs) or int(seqs.max()) <= UINT32_MAX:
+        return seqs.astype(np.uint32, copy=False)
+    return seqs.astype(np.int64, copy=False)
+
+
 class KeyIndex:
     """hash -> seq of every key of a shard; see the module's docstring."""
 
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.int64)  # sorted, no repeats
-        self.seqs = np.empty(0, dtype=np.int64)    # seqs[i] is the row of hashes[i]
+        self.seqs: np.ndarray = np.empty(0, dtype=np.uint32)  # seqs[i]: the row of hashes[i]
         self.recent: Dict[int, int] = {}           # not yet merged; none of these is in hashes
         self.overflow: Dict[int, List[int]] = {}   # more rows whose key has an indexed hash
 
@@ -102,7 +113,10 @@ class KeyIndex:
         hashes, seqs = hashes[order], seqs[order]
         at = np.searchsorted(self.hashes, hashes)
         self.hashes = np.insert(self.hashes, at, hashes)
-        self.seqs = np.insert(self.seqs, at, seqs)
+        if self.seqs.dtype == np.int64 or int(seqs.max()) > UINT32_MAX:
+            self.seqs = np.insert(self.seqs.astype(np.int64, copy=False), at, seqs)
+        else:
+            self.seqs = np.insert(self.seqs, at, seqs.astype(np.uint32))
         self.recent = {}
 
     def bulk_load(self, rows: Iterable[Tuple[int, str, str]]) -> None:
@@ -122,7 +136,7 @@ class KeyIndex:
         for i in repeat.tolist():
             self.overflow.setdefault(int(hashes[i]), []).append(int(seqs[i]))
         self.hashes = np.delete(hashes, repeat)
-        self.seqs = np.delete(seqs, repeat)
+        self.seqs = narrow(np.delete(seqs, repeat))
 
     # -- the file -------------------------------------------------------------------------
 
@@ -133,15 +147,20 @@ class KeyIndex:
         extra = np.array([(h, s) for h, seqs in self.overflow.items() for s in seqs],
                          dtype=np.int64).reshape(-1, 2)
         body = self.hashes.tobytes() + self.seqs.tobytes() + extra.tobytes()
-        header = HEADER.pack(MAGIC, covered, covered_key, len(self.hashes), len(extra),
+        header = HEADER.pack(MAGIC, covered, covered_key, len(self.hashes), self.seqs.itemsize, len(extra),
                              zlib.crc32(body))
         tmp = f"{path}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(header)
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a half-written file only takes space
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str) -> Optional[Tuple["KeyIndex", int, int]]:
@@ -154,14 +173,16 @@ class KeyIndex:
             return None
         if len(data) < HEADER.size:
             return None
-        magic, covered, covered_key, keys, extra, crc = HEADER.unpack_from(data)
+        magic, covered, covered_key, keys, width, extra, crc = HEADER.unpack_from(data)
         body = data[HEADER.size:]
-        if magic != MAGIC or len(body) != 8 * (2 * keys + 2 * extra) or zlib.crc32(body) != crc:
+        if magic != MAGIC or width not in (4, 8) or len(body) != (8 + width) * keys + 16 * extra \
+                or zlib.crc32(body) != crc:
             return None
         index = cls()
         index.hashes = np.frombuffer(body, dtype=np.int64, count=keys).copy()
-        index.seqs = np.frombuffer(body, dtype=np.int64, count=keys, offset=8 * keys).copy()
-        pairs = np.frombuffer(body, dtype=np.int64, offset=16 * keys).reshape(-1, 2)
+        index.seqs = np.frombuffer(body, dtype=np.uint32 if width == 4 else np.int64, count=keys,
+                                   offset=8 * keys).copy()
+        pairs = np.frombuffer(body, dtype=np.int64, offset=(8 + width) * keys).reshape(-1, 2)
         for h, s in pairs.tolist():
             index.overflow.setdefault(h, []).append(s)
         return index, covered, covered_key

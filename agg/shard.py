@@ -104,7 +104,7 @@ class Shard:
         self.counters: TopicCounters = {
             topic: [r, u, d]
             for topic, r, u, d in self.db.execute("SELECT * FROM counters")}
-        self.index, self.index_saved = self.open_index()
+        self.index, self.last_save_at = self.open_index()  # seq of the last save (or try)
 
     def open_index(self) -> Tuple[KeyIndex, int]:
         """The key index and the seq its file covers: the file, if it matches
@@ -129,8 +129,8 @@ class Shard:
             self.index.save(self.index_path, self.last_seq, self.last_key)
         except OSError as exc:
             log.warning("cannot save the key index %s: %s", self.index_path, exc)
-            return
-        self.index_saved = self.last_seq
+        # After a failure too: the next try comes after as many rows, not at every commit.
+        self.last_save_at = self.last_seq
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -206,7 +206,7 @@ class Shard:
                 mine[0] += r
                 mine[1] += u
                 mine[2] += d
-        if self.last_seq - self.index_saved >= self.index_save_rows:
+        if self.last_seq - self.last_save_at >= self.index_save_rows:
             self.save_index()
         return statuses
 
@@ -216,7 +216,7 @@ class Shard:
         if self.unchecked:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self.unchecked = False
-        if self.last_seq - self.index_saved >= max(1, self.index_save_rows // 10):
+        if self.last_seq - self.last_save_at >= max(1, self.index_save_rows // 10):
             self.save_index()
 
     def page(self, after: int, limit: int, topic: Optional[str] = None) -> List[Row]:
@@ -234,6 +234,6 @@ class Shard:
         return [r, u, d]
 
     def close(self) -> None:
-        if self.last_seq > self.index_saved:
+        if self.last_seq > self.last_save_at:
             self.save_index()
         self.db.close()

@@ -18,6 +18,7 @@ publisher resends.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import logging
 import os
@@ -306,8 +307,22 @@ class Worker:
         self.ctx.term()
 
 
+def return_big_blocks_to_the_os() -> None:
+    """Have glibc serve blocks of 1 MiB and more with mmap, always. By default it
+    raises that threshold after the first such free, and the key index's arrays,
+    replaced by a copy at each merge, then come from the heap, whose freed
+    holes stay in the RSS: 17 against 14.5 MiB per million keys, measured."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: its allocator has its own ways
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
 def run(config: configmod.Config, index: int) -> int:
     stop = lifecycle.StopFlag()
+    return_big_blocks_to_the_os()
     try:
         worker = Worker(config, index)
     except sqlite3.DatabaseError as exc:

@@ -82,7 +82,7 @@ def test_dedup_matches_a_set_across_restarts(tmp_path, request, hashing) -> None
     check_against_set(shard, seen, random_groups(rng, 12, 40, pool))
     shard.db.close()  # a crash: the index file is behind the shard, the rows after it are read
     shard = Shard(path, index_save_rows=10**6)
-    assert shard.index_saved < shard.last_seq
+    assert shard.last_save_at < shard.last_seq
     check_against_set(shard, seen, random_groups(rng, 12, 40, pool))
     shard.close()
     stored = all_keys(path)
@@ -150,3 +150,33 @@ def test_a_shard_with_the_old_unique_index_keeps_working(tmp_path) -> None:
     assert shard.store(rows([("t", "old"), ("t", "new")])) == [False, True]
     assert shard.counters == {"t": [3, 2, 1]}
     shard.close()
+
+
+def test_an_index_file_that_cannot_be_written_costs_only_a_warning(tmp_path, caplog) -> None:
+    path = str(tmp_path / "s.sqlite3")
+    shard = Shard(path, index_save_rows=10)
+    shard.index_path = str(tmp_path / "no such dir" / "s.sqlite3.keys")
+    with caplog.at_level("WARNING", logger="agg.shard"):
+        assert shard.store(rows([("t", f"e{i}") for i in range(10)])) == [True] * 10
+        assert shard.store(rows([("t", "e1"), ("t", "e10")])) == [False, True]
+    # One attempt, not one per commit: the next comes after another 10 rows.
+    assert len([r for r in caplog.records if "cannot save" in r.getMessage()]) == 1
+    shard.db.close()
+    shard = Shard(path)  # no file: the index is rebuilt from the rows
+    assert shard.store(rows([("t", "e3"), ("t", "e11")])) == [False, True]
+    shard.close()
+
+
+def test_index_seqs_widen_past_four_bytes_and_survive_the_file(tmp_path) -> None:
+    index = keyindex.KeyIndex()
+    index.add([(5, 7), (-9, 2**32 - 1)])
+    index.merge()
+    assert index.seqs.dtype.itemsize == 4
+    index.add([(11, 2**32 + 5)], collided=[(5, 2**40)])
+    index.merge()
+    assert index.seqs.dtype.itemsize == 8
+    path = str(tmp_path / "k")
+    index.save(path, 2**40, 123)
+    loaded, covered, covered_key = keyindex.KeyIndex.load(path)
+    assert (covered, covered_key) == (2**40, 123)
+    assert loaded.candidates([5, -9, 11, 6]) == [[7, 2**40], [2**32 - 1], [2**32 + 5], None]
