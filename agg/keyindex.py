@@ -36,6 +36,9 @@ import numpy as np
 # join the sorted arrays; a merge copies the arrays, so not after every commit.
 RECENT_MAX = 16384
 UINT32_MAX = 2**32 - 1
+# Up to this many keys, looking them up one by one beats numpy's per-call cost
+# (one event per request: 7.4 µs vectorised, about 1.5 µs one by one).
+FEW = 4
 
 MAGIC = b"aggkeys1"
 # magic, covered seq, hash of the covered row's key, keys, bytes per seq, overflow pairs,
@@ -78,7 +81,13 @@ class KeyIndex:
             seq = recent.get(h)
             if seq is not None:
                 out[i] = [seq]
-        if len(self.hashes):
+        if len(self.hashes) and len(hashes) <= FEW:
+            arr = self.hashes
+            for i, h in enumerate(hashes):
+                at = int(arr.searchsorted(h))
+                if at < len(arr) and int(arr[at]) == h:
+                    out[i] = [int(self.seqs[at])]
+        elif len(self.hashes):
             wanted = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
             at = np.minimum(np.searchsorted(self.hashes, wanted), len(self.hashes) - 1)
             for i in np.flatnonzero(self.hashes[at] == wanted).tolist():
