@@ -9,16 +9,19 @@
 - ``announce_ready(config, role, index, endpoint)``: tell the supervisor, over
   its control socket, that this process has bound its sockets. Outside a
   supervisor (``$AGG_SUPERVISED`` unset) it does nothing.
+- ``hold_lock(path)``: an exclusive lock that lasts as long as the process
+  keeps it (the kernel drops it when the process dies, even by SIGKILL).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 import zmq
 
@@ -120,3 +123,19 @@ def announce_ready(config: Any, role: str, index: int = 0,
     sock.send_multipart(protocol.encode(protocol.READY, {
         "role": role, "index": index, "pid": os.getpid(), "endpoint": endpoint}))
     sock.close()
+
+
+def hold_lock(path: str) -> Optional[IO[str]]:
+    """Lock ``path`` (created if missing) for this process, and write its pid
+    there; None if another process holds it. The lock lasts while the returned
+    file is open."""
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.truncate(0)
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh

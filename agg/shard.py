@@ -12,6 +12,10 @@ only after COMMIT.
 Processing order is ``seq``, the rowid, which ``store`` assigns: it only
 grows, because rows are never deleted.
 
+The key index is right only if nobody else writes the shard, so a shard
+holds ``<shard>.lock`` while open: a second worker given the same partition
+(a wrong worker count in a distributed set-up) is refused at start.
+
 Shards created before the key index have a unique SQLite index on
 ``(topic, event_id)`` too; it is kept, and still refuses a repeat.
 """
@@ -23,6 +27,7 @@ import logging
 import sqlite3
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from . import lifecycle
 from .keyindex import KeyIndex, key_hash
 
 log = logging.getLogger("agg.shard")
@@ -78,6 +83,10 @@ class Shard:
         self.path = path
         self.index_path = path + ".keys"
         self.index_save_rows = index_save_rows
+        lock = lifecycle.hold_lock(path + ".lock")
+        if lock is None:
+            raise sqlite3.DatabaseError("in use by another process (two workers given this partition?)")
+        self.lock = lock
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see transaction()).
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # WAL must be set outside a transaction; it persists in the file.
@@ -237,3 +246,4 @@ class Shard:
         if self.last_seq > self.last_save_at:
             self.save_index()
         self.db.close()
+        self.lock.close()

@@ -20,7 +20,6 @@ the supervisor give up, stop everything and exit 1.
 from __future__ import annotations
 
 import collections
-import fcntl
 import json
 import logging
 import os
@@ -261,15 +260,7 @@ class Supervisor:
 
 def lock_run_dir(run_dir: str) -> Any:
     """Hold ``RUN_DIR/agg.lock`` for the supervisor's life: one agg per data directory."""
-    fh = open(os.path.join(run_dir, LOCK_FILE), "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
+    return lifecycle.hold_lock(os.path.join(run_dir, LOCK_FILE))
 
 
 def run(config: configmod.Config) -> int:

@@ -47,6 +47,12 @@ def all_keys(path: str) -> List[Tuple[str, str]]:
         db.close()
 
 
+def crash(shard: Shard) -> None:
+    """What a SIGKILL leaves: no index saved at close, and the lock dropped."""
+    shard.db.close()
+    shard.lock.close()
+
+
 @pytest.fixture
 def weak_hash(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every key hashes to one of 7 values; merges happen every 50 keys."""
@@ -80,7 +86,7 @@ def test_dedup_matches_a_set_across_restarts(tmp_path, request, hashing) -> None
     shard.close()  # saves the index: the next open reads no rows
     shard = Shard(path, index_save_rows=90)
     check_against_set(shard, seen, random_groups(rng, 12, 40, pool))
-    shard.db.close()  # a crash: the index file is behind the shard, the rows after it are read
+    crash(shard)  # the index file is behind the shard: the rows after it are read
     shard = Shard(path, index_save_rows=10**6)
     assert shard.last_save_at < shard.last_seq
     check_against_set(shard, seen, random_groups(rng, 12, 40, pool))
@@ -161,7 +167,7 @@ def test_an_index_file_that_cannot_be_written_costs_only_a_warning(tmp_path, cap
         assert shard.store(rows([("t", "e1"), ("t", "e10")])) == [False, True]
     # One attempt, not one per commit: the next comes after another 10 rows.
     assert len([r for r in caplog.records if "cannot save" in r.getMessage()]) == 1
-    shard.db.close()
+    crash(shard)
     shard = Shard(path)  # no file: the index is rebuilt from the rows
     assert shard.store(rows([("t", "e3"), ("t", "e11")])) == [False, True]
     shard.close()
@@ -180,3 +186,12 @@ def test_index_seqs_widen_past_four_bytes_and_survive_the_file(tmp_path) -> None
     loaded, covered, covered_key = keyindex.KeyIndex.load(path)
     assert (covered, covered_key) == (2**40, 123)
     assert loaded.candidates([5, -9, 11, 6]) == [[7, 2**40], [2**32 - 1], [2**32 + 5], None]
+
+
+def test_a_second_opener_of_a_shard_is_refused(tmp_path) -> None:
+    path = str(tmp_path / "s.sqlite3")
+    first = Shard(path)
+    with pytest.raises(sqlite3.DatabaseError, match="in use by another process"):
+        Shard(path)
+    first.close()
+    Shard(path).close()  # free again once the first has closed it

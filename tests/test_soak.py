@@ -158,5 +158,9 @@ def test_a_crash_mid_transaction_leaves_no_partial_batch(tmp_path) -> None:
         assert shard.db.execute("SELECT count(*) FROM events WHERE event_id LIKE 'torn-%'").fetchone()[0] == 0
         assert shard.counters == {"t": [100, 100, 0]}
         assert shard.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # The key index, read back from the rows, knows the committed events and
+        # nothing of the torn ones.
+        assert shard.store([("t", e, "2025-10-21T14:30:00Z", "s", b"{}", "later")
+                            for e in ("committed-7", "torn-7")]) == [False, True]
     finally:
         shard.close()
