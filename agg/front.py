@@ -14,6 +14,7 @@ Falcon's typed HTTP errors rendered as JSON ``{"title", "description"[, "errors"
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -44,6 +45,7 @@ HTTPContentTooLarge = getattr(falcon, "HTTPContentTooLarge", None) or falcon.HTT
 
 # Rows per internal page while streaming a full GET /events.
 STREAM_PAGE = 1000
+FIRST_PAUSE = 0.05  # before a listing asks a failed worker again; doubles up to 1 s
 
 
 class InvalidRequest(falcon.HTTPUnprocessableEntity):
@@ -245,17 +247,47 @@ class Events:
                               self.backends.config.limits_retry_after_s) from None
 
     async def _stream(self, topic: Optional[str], position: Dict[int, int]) -> AsyncIterator[bytes]:
+        """The listing, page by page, of the events received before it began:
+        under a steady load it would otherwise never end."""
+        until = protocol.utc_stamp()
         count = 0
         yield b'{"events":['
         while True:
-            rows, position = await self.backends.pool.page(topic, position, STREAM_PAGE)
-            if rows:
-                chunk = b",".join(orjson.dumps(event_json(r)) for r in rows)
+            rows = await self._page_or_none(topic, position)
+            if rows is None:
+                return  # the JSON stays unclosed: a cut listing cannot pass for a whole one
+            position = dict(position)
+            fresh = 0
+            for row in rows:
+                if row[7] > until:
+                    break
+                position[row[0]] = row[1]
+                fresh += 1
+            if fresh:
+                chunk = b",".join(orjson.dumps(event_json(r)) for r in rows[:fresh])
                 yield (b"," if count else b"") + chunk
-                count += len(rows)
-            if len(rows) < STREAM_PAGE:
+                count += fresh
+            if fresh < STREAM_PAGE:
                 break
         yield b'],"count":' + str(count).encode() + b"}"
+
+    async def _page_or_none(self, topic: Optional[str], position: Dict[int, int]) -> Optional[List[Any]]:
+        """The next page; if a worker fails, the same page again until it is back
+        (a restart takes about a second), for up to ``limits.ack_timeout_s``."""
+        deadline = time.monotonic() + self.backends.config.limits_ack_timeout_s
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                rows, _after = await self.backends.pool.page(topic, position, STREAM_PAGE)
+                return rows
+            except (Unavailable, PeerError) as exc:
+                if time.monotonic() + pause > deadline:
+                    log.warning("GET /events cut short, a worker is still unavailable: %s", exc)
+                    return None
+                if pause == FIRST_PAUSE:
+                    log.warning("GET /events waits for a worker: %s", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
 
 class Stats:

@@ -84,9 +84,9 @@ class KeyIndex:
         if len(self.hashes) and len(hashes) <= FEW:
             arr = self.hashes
             for i, h in enumerate(hashes):
-                at = int(arr.searchsorted(h))
-                if at < len(arr) and int(arr[at]) == h:
-                    out[i] = [int(self.seqs[at])]
+                found = int(arr.searchsorted(h))
+                if found < len(arr) and int(arr[found]) == h:
+                    out[i] = [int(self.seqs[found])]
         elif len(self.hashes):
             wanted = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
             at = np.minimum(np.searchsorted(self.hashes, wanted), len(self.hashes) - 1)

@@ -41,6 +41,7 @@ Control and counters::
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, List, Optional, Sequence, Tuple
 
 import msgpack
@@ -82,6 +83,11 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def utc_stamp() -> str:
+    """Now, in the form of an event's ``received_at``, which sorts as text."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def pack(value: Any) -> bytes:

@@ -19,7 +19,6 @@ publisher resends.
 from __future__ import annotations
 
 import ctypes
-import datetime
 import logging
 import os
 import sqlite3
@@ -56,7 +55,7 @@ class CommitClock:
         self.last = start
 
     def now(self) -> str:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = protocol.utc_stamp()
         if stamp > self.last:
             self.last = stamp
         return self.last
