@@ -105,6 +105,11 @@ class Shard:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+        self.load()
+
+    def load(self) -> None:
+        """Read what the shard keeps in memory from the file: its last row, its
+        counters, and its key index."""
         last = self.db.execute("SELECT seq, received_at, topic, event_id FROM events"
                                " ORDER BY seq DESC LIMIT 1").fetchone()
         self.last_seq: int = last[0] if last else 0
@@ -199,9 +204,17 @@ class Shard:
                 bump = bumps[key[0]] = [0, 0, 0]
             bump[0] += 1
             bump[1 if new else 2] += 1
-        with self.transaction() as db:
-            db.executemany(INSERT, inserts)
-            db.executemany(BUMP_COUNTERS, [(t, r, u, d) for t, (r, u, d) in bumps.items()])
+        try:
+            with self.transaction() as db:
+                db.executemany(INSERT, inserts)
+                db.executemany(BUMP_COUNTERS, [(t, r, u, d) for t, (r, u, d) in bumps.items()])
+        except sqlite3.IntegrityError:
+            # A seq already taken: the file has rows this shard did not write (a commit
+            # reported failed that reached the disk, another writer). The file is the
+            # truth: read it again, and let this group fail; its resend meets the rows.
+            log.error("%s has rows its key index did not know; reading it again", self.path)
+            self.load()
+            raise
         # Only now, after COMMIT, does the in-memory view move forward.
         self.index.add(fresh, collided)
         self.unchecked = True

@@ -195,3 +195,20 @@ def test_a_second_opener_of_a_shard_is_refused(tmp_path) -> None:
         Shard(path)
     first.close()
     Shard(path).close()  # free again once the first has closed it
+
+
+def test_rows_written_behind_the_shard_make_it_read_the_file_again(tmp_path) -> None:
+    path = str(tmp_path / "s.sqlite3")
+    shard = Shard(path)
+    shard.store(rows([("t", "1")]))
+    # A commit that reached the disk although SQLite reported it failed looks like this.
+    other = sqlite3.connect(path)
+    other.execute("INSERT INTO events VALUES (2, 't', 'ghost', 'ts', 's', x'7b7d', 'r')")
+    other.execute("UPDATE counters SET received = 2, unique_processed = 2")
+    other.commit()
+    other.close()
+    with pytest.raises(sqlite3.IntegrityError):
+        shard.store(rows([("t", "3")]))
+    assert shard.store(rows([("t", "ghost"), ("t", "3")])) == [False, True]
+    assert shard.counters == {"t": [4, 3, 1]}
+    shard.close()
