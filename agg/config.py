@@ -120,6 +120,10 @@ SCHEMA: Tuple[Setting, ...] = (
             minimum=0.1),
     Setting("supervisor.grace_s", float, 10.0, "how long a child may take to stop before SIGKILL",
             minimum=0.0),
+    Setting("supervisor.hang_s", float, 30.0,
+            "a child whose loop has not turned for this long is killed and restarted "
+            "(0: never; else at least 2, children beat every second)",
+            minimum=0.0),
     Setting("supervisor.max_restarts", int, 5,
             "restarts of one child within restart_window_s before the supervisor gives up",
             minimum=0),
@@ -235,6 +239,9 @@ class Config:
 def _finish(values: Dict[str, Any]) -> Config:
     # A worker sends a snapshot every heartbeat (give or take its 100 ms tick); a window not
     # well above that reports healthy workers down between two of their snapshots.
+    if 0 < values["supervisor_hang_s"] < 2:
+        raise ConfigError(f"supervisor.hang_s: must be 0 (never) or at least 2, "
+                          f"got {values['supervisor_hang_s']:g}")
     if values["stats_stale_after_s"] < 2 * values["stats_heartbeat_s"]:
         raise ConfigError(f"stats.stale_after_s: must be at least twice stats.heartbeat_s "
                           f"({values['stats_heartbeat_s']:g}), got {values['stats_stale_after_s']:g}")

@@ -9,6 +9,9 @@
 - ``announce_ready(config, role, index, endpoint)``: tell the supervisor, over
   its control socket, that this process has bound its sockets. Outside a
   supervisor (``$AGG_SUPERVISED`` unset) it does nothing.
+- ``Heartbeat(config)``: its ``beat()``, called on every turn of a process's
+  loop, tells the supervisor about once a second that the loop still turns,
+  so that a process hung but alive can be killed and restarted.
 - ``hold_lock(path)``: an exclusive lock that lasts as long as the process
   keeps it (the kernel drops it when the process dies, even by SIGKILL).
 """
@@ -123,6 +126,37 @@ def announce_ready(config: Any, role: str, index: int = 0,
     sock.send_multipart(protocol.encode(protocol.READY, {
         "role": role, "index": index, "pid": os.getpid(), "endpoint": endpoint}))
     sock.close()
+
+
+class Heartbeat:
+    """ALIVE messages to the supervisor's control socket, at most one per
+    ``EVERY`` seconds, never blocking; nothing outside a supervisor."""
+
+    EVERY = 1.0
+
+    def __init__(self, config: Any) -> None:
+        self.sock: Optional[zmq.Socket] = None
+        self.last = 0.0
+        if supervised():
+            self.sock = zmq.Context.instance().socket(zmq.PUSH)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.SNDHWM, 10)
+            self.sock.connect(config.endpoint("control"))
+            self.message = protocol.encode(protocol.ALIVE, {"pid": os.getpid()})
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if self.sock is None or now - self.last < self.EVERY:
+            return
+        self.last = now
+        try:
+            self.sock.send_multipart(self.message, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the supervisor is not reading; it has its own problems
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
 
 
 def hold_lock(path: str) -> Optional[IO[str]]:

@@ -57,6 +57,7 @@ READY = b"R"
 COUNTERS = b"C"
 FRONT = b"F"
 SUPER = b"P"
+ALIVE = b"A"
 
 # Error codes carried by ERR replies.
 ERR_INVALID = "invalid"          # the request or an event in it is malformed

@@ -4,7 +4,9 @@ An edge refuses invalid input before it reaches a worker, so no shard counts
 it; this reporter keeps those counts by reason (``invalid_json``,
 ``invalid_event``, ``too_large``, ...) and sends them as an absolute snapshot
 (topic ``ctr.front.PID``) to the stats process whenever they change, and at
-least every ``stats.heartbeat_s``.
+least every ``stats.heartbeat_s``. Its loop also sends the process's
+heartbeat to the supervisor (``lifecycle.Heartbeat``): it turns only while
+the event loop does.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from typing import Any, Dict
 import zmq
 import zmq.asyncio
 
-from . import protocol
+from . import lifecycle, protocol
 
 
 class RejectReporter:
     def __init__(self, ctx: zmq.asyncio.Context, config: Any, role: str) -> None:
         self.role = role
-        self.heartbeat = config.stats_heartbeat_s
+        self.interval = config.stats_heartbeat_s
         self.rejected: Dict[str, int] = {}
         self.changed = False
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.pub.connect(config.endpoint("stats_in"))
+        # This loop turns only if the event loop does: it also beats for the process.
+        self.heartbeat = lifecycle.Heartbeat(config)
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     def reject(self, reason: str) -> None:
@@ -44,9 +48,10 @@ class RejectReporter:
     async def _loop(self) -> None:
         last = 0.0
         while True:
-            await asyncio.sleep(min(self.heartbeat, 0.1))
+            await asyncio.sleep(min(self.interval, 0.1))
+            self.heartbeat.beat()
             now = time.monotonic()
-            if self.changed or now - last >= self.heartbeat:
+            if self.changed or now - last >= self.interval:
                 self.send()
                 last = now
 
@@ -54,3 +59,4 @@ class RejectReporter:
         self.task.cancel()
         self.send()
         self.pub.close()
+        self.heartbeat.close()

@@ -162,12 +162,17 @@ class StatsServer:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
-        while not stop:
-            ready = dict(poller.poll(100))
-            if self.sub in ready:
-                self.drain_counters()
-            if self.router in ready:
-                self.answer()
+        heartbeat = lifecycle.Heartbeat(self.config)
+        try:
+            while not stop:
+                heartbeat.beat()
+                ready = dict(poller.poll(100))
+                if self.sub in ready:
+                    self.drain_counters()
+                if self.router in ready:
+                    self.answer()
+        finally:
+            heartbeat.close()
 
     def close(self) -> None:
         self.sub.close()

@@ -1,6 +1,7 @@
 """Supervisor (``agg run``): starts every process, restarts the dead, stops all in order.
 
-Binds:     PULL at ``endpoints.control``, where children send READY.
+Binds:     PULL at ``endpoints.control``, where children send READY, then an
+           ALIVE about every second from their loops.
 Connects:  PUB to ``endpoints.stats_in`` for its restart counts (``ctr.supervisor``).
 Owns:      the child processes, ``DATA_DIR/agg-meta.json`` (via ``ensure_data_dir``),
            the lock ``RUN_DIR/agg.lock`` (one agg per data directory), and
@@ -14,7 +15,8 @@ Start order: stats, workers, then front and ingest; each stage waits for the
 READY of its processes, never for a sleep. A child that dies is restarted
 after a backoff that doubles from 0.1 s to 5 s; one that dies more than
 ``supervisor.max_restarts`` times within ``supervisor.restart_window_s`` makes
-the supervisor give up, stop everything and exit 1.
+the supervisor give up, stop everything and exit 1. A child alive but silent
+for ``supervisor.hang_s`` (stopped, deadlocked) is killed, and so restarted.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Child:
         self.ready = False
         self.endpoint: Optional[str] = None
         self.started_at = 0.0
+        self.last_beat = 0.0  # monotonic time of its last READY or ALIVE
         self.deaths: Deque[float] = collections.deque()
         self.restarts = 0
         self.backoff = BACKOFF_START
@@ -123,10 +126,16 @@ class Supervisor:
                 return
             try:
                 kind, body = protocol.decode(frames)
+                if kind == protocol.ALIVE:
+                    for child in self.children:
+                        if child.pid == body["pid"]:
+                            child.last_beat = time.monotonic()
+                    continue
                 if kind != protocol.READY:
                     continue
                 for child in self.children:
                     if child.pid == body["pid"]:
+                        child.last_beat = time.monotonic()
                         child.ready = True
                         child.endpoint = body.get("endpoint")
                         self.keep_endpoint(child)
@@ -205,6 +214,7 @@ class Supervisor:
                 if child.alive():
                     if now - child.started_at > STABLE_AFTER:
                         child.backoff = BACKOFF_START
+                    self.kill_if_hung(child, now)
                     continue
                 code = child.proc.returncode if child.proc else None
                 child.deaths.append(now)
@@ -222,6 +232,17 @@ class Supervisor:
                 self.publish_restarts(force=True)
             self.publish_restarts()
         return 0
+
+    def kill_if_hung(self, child: Child, now: float) -> None:
+        """SIGKILL a READY child whose loop has not turned for supervisor.hang_s
+        (stopped, deadlocked, stuck in a syscall): the next turn of ``watch``
+        finds it dead and restarts it, as after any crash."""
+        hang = self.config.supervisor_hang_s
+        if hang and child.ready and child.proc is not None and now - child.last_beat > hang:
+            log.error("%s (pid %s) has sent no sign of life for %.0f s; killing it",
+                      child.name, child.pid, now - child.last_beat)
+            child.proc.kill()
+            child.last_beat = now  # once is enough
 
     # -- stopping -------------------------------------------------------------------------
 

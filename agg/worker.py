@@ -100,6 +100,7 @@ class Worker:
         self.storage_error: Optional[str] = None  # the last failed commit's reason, until one succeeds
         self.dirty: set = set(self.partitions)
         self.known_topics: Dict[str, int] = {}  # topic -> its partition, one of ours
+        self.heartbeat = lifecycle.Heartbeat(config)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class Worker:
         interval = self.config.stats_publish_interval_s or 0.1
         tick_ms = max(1, int(min(0.1, self.config.stats_heartbeat_s, interval) * 1000))
         while not stop:
+            self.heartbeat.beat()
             if poller.poll(tick_ms):
                 self.drain()
             else:
@@ -303,6 +305,7 @@ class Worker:
             shard.close()
         self.router.close()
         self.pub.close()
+        self.heartbeat.close()
         self.ctx.term()
 
 

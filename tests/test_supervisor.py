@@ -6,10 +6,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import AggSystem, wait_until
+from conftest import AggSystem, make_event, wait_until
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -112,3 +113,27 @@ def test_a_restarted_edge_keeps_its_address(agg: AggSystem) -> None:
     with Publisher(ingest, ack_timeout=2) as pub:
         assert pub.publish([{"topic": "t", "event_id": "1", "timestamp": "2025-10-21T14:30:00Z",
                              "source": "s", "payload": {}}]).acknowledged == 1
+
+
+@pytest.mark.parametrize("child", ["worker.0", "front"])
+def test_a_hung_child_is_killed_and_restarted(agg_factory, child) -> None:
+    system: AggSystem = agg_factory(supervisor_hang_s=2)
+    # Busy for longer than hang_s first: a child that works is not taken for hung.
+    deadline = time.monotonic() + 3
+    n = 0
+    while time.monotonic() < deadline:
+        batch = [make_event(topic=f"t{i % 7}", event_id=f"busy-{n}-{i}") for i in range(200)]
+        assert system.post("/publish", {"events": batch})[0] == 200
+        n += 1
+    assert system.stats()["restarts"] == {name: 0 for name in system.current_children()}
+
+    old = system.child_pid(child)
+    os.kill(old, signal.SIGSTOP)  # alive, but its loop no longer turns
+    wait_until(lambda: system.current_children().get(child) not in (None, old), 30,
+               message=f"{child} replaced")
+    assert f"{child} (pid {old}) has sent no sign of life" in system.log_text()
+    wait_until(lambda: system.get("/health")[0] == 200, 30, message="healthy again")
+    # The front reconnects to a restarted worker within moments; until then it says 503.
+    wait_until(lambda: system.post("/publish", make_event(event_id="after"))[0] == 200, 10,
+               message="publishing again")
+    assert system.stats()["restarts"][child] == 1
