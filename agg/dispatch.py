@@ -31,7 +31,7 @@ import zmq.asyncio
 
 from . import protocol
 from .events import WireEvent
-from .partition import owner_of, partition_of
+from .partition import PartitionCache, owner_of
 
 log = logging.getLogger("agg.dispatch")
 
@@ -232,7 +232,7 @@ class WorkerPool:
 
     def __init__(self, ctx: zmq.asyncio.Context, config: Any) -> None:
         self.config = config
-        self.partitions = config.partitions
+        self.partition_of = PartitionCache(config.partitions)
         self.peers = [Peer(ctx, endpoint, f"worker {i}", config.limits_stall_s)
                       for i, endpoint in enumerate(config.worker_endpoints())]
         self.timeout = config.limits_ack_timeout_s
@@ -252,9 +252,9 @@ class WorkerPool:
     async def store(self, events: Sequence[WireEvent]) -> bytes:
         """Commit ``events``; return one status byte per event (1 stored, 0 duplicate)."""
         groups: Dict[int, Tuple[List[int], List[List[Any]]]] = {}
-        partitions, workers = self.partitions, len(self.peers)
+        partition, workers = self.partition_of, len(self.peers)
         for position, (topic, event_id, timestamp, source, payload) in enumerate(events):
-            p = partition_of(topic, partitions)
+            p = partition(topic)
             group = groups.get(owner_of(p, workers))
             if group is None:
                 group = groups[owner_of(p, workers)] = ([], [])
@@ -287,7 +287,7 @@ class WorkerPool:
         if topic is None:
             asked = list(range(len(self.peers)))
         else:
-            asked = [owner_of(partition_of(topic, self.partitions), len(self.peers))]
+            asked = [owner_of(self.partition_of(topic), len(self.peers))]
         query = {"topic": topic, "after": position, "limit": limit}
         results = await asyncio.gather(
             *(self.peers[w].request(protocol.QUERY, query, self.timeout) for w in asked))

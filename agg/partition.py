@@ -28,6 +28,25 @@ def partition_of(topic: str, partitions: int) -> int:
     return zlib.crc32(topic.encode("utf-8", "surrogatepass")) % partitions
 
 
+class PartitionCache:
+    """``partition_of`` with a memory of the topics seen: a dict lookup instead of
+    encoding and hashing each event's topic. Past ``limit`` topics it forgets
+    them all, so a flood of distinct topics cannot grow it."""
+
+    def __init__(self, partitions: int, limit: int = 100_000) -> None:
+        self.partitions = partitions
+        self.limit = limit
+        self.known: Dict[str, int] = {}
+
+    def __call__(self, topic: str) -> int:
+        p = self.known.get(topic)
+        if p is None:
+            if len(self.known) >= self.limit:
+                self.known.clear()
+            p = self.known[topic] = partition_of(topic, self.partitions)
+        return p
+
+
 def owner_of(partition: int, workers: int) -> int:
     return partition % workers
 

@@ -30,7 +30,8 @@ import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
-from .partition import PartitionMismatch, ensure_data_dir, partition_of, partitions_of_worker, shard_path
+from .partition import (PartitionCache, PartitionMismatch, ensure_data_dir, partitions_of_worker,
+                        shard_path)
 from .shard import NewRow, Shard
 
 log = logging.getLogger("agg.worker")
@@ -41,9 +42,6 @@ Pending = Tuple[bytes, Any, Sequence[Sequence[Any]]]
 # A BATCH body as the front and the ingest send it, type-checked in C. Anything
 # else goes to Worker.check_batch, which says what is wrong.
 BATCH_BODY = msgspec.msgpack.Decoder(Tuple[Any, List[Tuple[int, str, str, str, str, bytes]]])
-# Topics whose partition the fast path remembers; past this many it starts again,
-# so that a flood of distinct topics cannot grow the worker.
-KNOWN_TOPICS_MAX = 100_000
 
 
 class CommitClock:
@@ -99,7 +97,7 @@ class Worker:
         self.last_publish = 0.0
         self.storage_error: Optional[str] = None  # the last failed commit's reason, until one succeeds
         self.dirty: set = set(self.partitions)
-        self.known_topics: Dict[str, int] = {}  # topic -> its partition, one of ours
+        self.partition_of = PartitionCache(config.partitions)
         self.heartbeat = lifecycle.Heartbeat(config)
 
     # -- requests -------------------------------------------------------------------------
@@ -148,7 +146,7 @@ class Worker:
 
     def owns(self, partition: int, topic: str) -> bool:
         """Whether ``topic`` is in ``partition`` and that partition is this worker's."""
-        return partition in self.shards and partition_of(topic, self.config.partitions) == partition
+        return partition in self.shards and self.partition_of(topic) == partition
 
     def batch_of(self, body: bytes) -> Optional[Tuple[Any, Sequence[Sequence[Any]]]]:
         """``(req_id, events)`` of a well-formed BATCH body whose events are all
@@ -158,14 +156,10 @@ class Worker:
             req_id, events = BATCH_BODY.decode(body)
         except msgspec.DecodeError:
             return None
-        known = self.known_topics
+        partition, shards = self.partition_of, self.shards
         for ev in events:
-            if known.get(ev[1]) != ev[0]:
-                if not self.owns(ev[0], ev[1]):
-                    return None
-                if len(known) >= KNOWN_TOPICS_MAX:
-                    known.clear()
-                known[ev[1]] = ev[0]
+            if partition(ev[1]) != ev[0] or ev[0] not in shards:
+                return None
         return req_id, events
 
     def check_batch(self, data: Any) -> List[List[Any]]:

@@ -25,7 +25,7 @@ def test_timestamps_with_a_zone_are_accepted(stamp) -> None:
 @pytest.mark.parametrize("stamp", [
     "2025-10-21T14:30:00", "2025-10-21", "yesterday", "2025-13-01T00:00:00Z",
     "2025-02-30T00:00:00Z", "2025-10-21T25:00:00Z", "2025-10-21T14:30:00+25:00", "",
-    "2025-10-21T14:30:00Z trailing",
+    "2025-10-21T14:30:00Z trailing", "２０２５-10-21T14:30:00Z", "2025-10-21T14:30:0٣Z",
 ])
 def test_timestamps_without_zone_or_invalid_are_refused(stamp) -> None:
     assert check_timestamp(stamp) is not None
@@ -92,7 +92,7 @@ FAST = FastJsonDecoder(LIMITS)
 field_text = st.sampled_from(["t", "e", " ", "", "x" * 16, "x" * 17, "ü", "a\x00b"]) | st.text(max_size=18)
 stamps = st.sampled_from(["2025-10-21T14:30:00Z", "2025-02-29T00:00:00Z", "2024-02-29T23:59:59+14:00",
                           "2025-04-31T00:00:00Z", "2025-10-21T14:30:00", "2025-10-21 14:30:00.5-05:30",
-                          "2025-10-21T24:00:00Z", "2025-10-21T14:30:00+24:00"])
+                          "2025-10-21T24:00:00Z", "2025-10-21T14:30:00+24:00", "２０２５-10-21T14:30:00Z"])
 payloads = st.sampled_from([{}, {"a": 1}, [], "x", None, {"big": "y" * 70}, {"n": {"m": [1, 2.5]}}])
 
 
@@ -127,6 +127,7 @@ def test_fast_decoder_takes_valid_bodies_and_keeps_the_payload_text() -> None:
     single = json.dumps(event(), separators=(",", ":")).encode()
     assert FAST.decode(single) == validate_batch([event()], LIMITS)
     assert FAST.decode(json.dumps(event(timestamp="2025-02-30T00:00:00Z")).encode()) is None
+    assert FAST.decode(json.dumps(event(timestamp="２０２５-10-21T14:30:00Z")).encode()) is None
     # Invalid UTF-8 inside the payload, which msgspec skips over without decoding.
     assert FAST.decode(json.dumps(event()).encode().replace(b'{"a"', b'{"\xff"')) is None
     assert FAST.decode(json.dumps(event(payload={"n": "ünï"}), ensure_ascii=False).encode()) is not None

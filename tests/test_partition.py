@@ -56,3 +56,11 @@ def test_agg_refuses_another_partition_count_in_one_line(agg_factory, tmp_base) 
     assert out.returncode == 2
     assert "--partitions 4" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_partition_cache_agrees_and_stays_bounded() -> None:
+    from agg.partition import PartitionCache, partition_of
+    cache = PartitionCache(8, limit=10)
+    topics = [f"topic-{i}" for i in range(25)] + ["ü", "topic-3"]
+    assert [cache(t) for t in topics] == [partition_of(t, 8) for t in topics]
+    assert len(cache.known) <= 10
