@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import lifecycle
 from .keyindex import KeyIndex, key_hash
@@ -56,6 +56,8 @@ INSERT = ("INSERT INTO events (seq, topic, event_id, timestamp, source, payload,
           " VALUES (?, ?, ?, ?, ?, ?, ?)")
 KEYS_AFTER = "SELECT seq, topic, event_id FROM events WHERE seq > ? ORDER BY seq"
 KEY_AT = "SELECT topic, event_id FROM events WHERE seq = ?"
+# A start that reads this many rows into a key index says so in the log.
+LOG_ROWS = 200_000
 # Rows fetched per query when the index's hits are checked (SQLite's old limit is 999).
 KEYS_PER_QUERY = 500
 BUMP_COUNTERS = (
@@ -79,8 +81,10 @@ class Shard:
     """The SQLite file of one partition, opened by its owning worker."""
 
     def __init__(self, path: str, synchronous: str = "FULL", cache_mib: int = 64,
-                 wal_autocheckpoint: int = 16000, index_save_rows: int = 100_000) -> None:
+                 wal_autocheckpoint: int = 16000, index_save_rows: int = 100_000,
+                 progress: Callable[[], None] = lambda: None) -> None:
         self.path = path
+        self.progress = progress  # called now and then while a long key index rebuild runs
         self.index_path = path + ".keys"
         self.index_save_rows = index_save_rows
         lock = lifecycle.hold_lock(path + ".lock")
@@ -133,7 +137,10 @@ class Shard:
                 loaded = None
         if loaded is None:
             index, covered = KeyIndex(), 0
-        index.bulk_load(self.db.execute(KEYS_AFTER, (covered,)))
+        if self.last_seq - covered >= LOG_ROWS:
+            log.info("%s: reading %d rows into the key index (about %.0f s)", self.path,
+                     self.last_seq - covered, (self.last_seq - covered) * 3.5e-6)
+        index.bulk_load(self.db.execute(KEYS_AFTER, (covered,)), lambda _count: self.progress())
         return index, covered
 
     def save_index(self) -> None:

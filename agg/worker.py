@@ -76,13 +76,15 @@ class Worker:
         self.index = index
         self.partitions = partitions_of_worker(index, config.partitions, config.workers)
         ensure_data_dir(config.data_dir, config.partitions)
+        # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
+        self.heartbeat = lifecycle.Heartbeat(config)
         self.shards: Dict[int, Shard] = {}
         for n, p in enumerate(self.partitions):
             path = shard_path(config.data_dir, p)
             try:
                 self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib,
                                        staggered(config.storage_wal_autocheckpoint, n, len(self.partitions)),
-                                       config.storage_index_save_rows)
+                                       config.storage_index_save_rows, self.heartbeat.beat)
             except sqlite3.DatabaseError as exc:
                 raise sqlite3.DatabaseError(f"{path}: {exc}") from None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
@@ -98,7 +100,6 @@ class Worker:
         self.storage_error: Optional[str] = None  # the last failed commit's reason, until one succeeds
         self.dirty: set = set(self.partitions)
         self.partition_of = PartitionCache(config.partitions)
-        self.heartbeat = lifecycle.Heartbeat(config)
 
     # -- requests -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ import glob
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -137,3 +138,30 @@ def test_a_hung_child_is_killed_and_restarted(agg_factory, child) -> None:
     wait_until(lambda: system.post("/publish", make_event(event_id="after"))[0] == 200, 10,
                message="publishing again")
     assert system.stats()["restarts"][child] == 1
+
+
+def test_a_worker_rebuilding_its_key_index_may_take_longer_than_ready_timeout(agg_factory, tmp_base) -> None:
+    # A data directory as an older agg leaves it: rows, and no key index files.
+    from agg.partition import ensure_data_dir, shard_path
+    from agg.shard import SCHEMA
+    data_dir = os.path.join(tmp_base, "data")
+    ensure_data_dir(data_dir, 8)
+    rows_per_shard = 250_000
+    for p in range(8):
+        db = sqlite3.connect(shard_path(data_dir, p))
+        db.executescript(SCHEMA)
+        db.executemany("INSERT INTO events VALUES (?, 't', ?, 'ts', 's', x'7b7d', 'r')",
+                       ((i, f"{p}-{i}") for i in range(1, rows_per_shard + 1)))
+        db.commit()
+        db.close()
+    timeout = 2.5  # beats come every second
+    start = time.monotonic()
+    system: AggSystem = agg_factory(workers=1, supervisor_ready_timeout_s=timeout)
+    took = time.monotonic() - start
+    assert "rows into the key index" in system.log_text()
+    assert took > timeout, f"the rebuild took {took:.1f} s: too fast to show anything"
+    # The rebuilt index knows the old rows.
+    from agg.partition import partition_of
+    p = partition_of("t", 8)
+    status, _, body = system.post("/publish", make_event(topic="t", event_id=f"{p}-7"))
+    assert status == 200 and body["duplicates"] == 1
