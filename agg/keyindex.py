@@ -39,7 +39,7 @@ RECENT_MAX = 16384
 UINT32_MAX = 2**32 - 1
 PROGRESS_EVERY = 100_000  # rows between two calls of bulk_load's progress (~0.35 s)
 # Up to this many keys, looking them up one by one beats numpy's per-call cost
-# (one event per request: 7.4 µs vectorised, about 1.5 µs one by one).
+# (one event per request: 7.4 µs a lookup vectorised, 3.5 µs one by one).
 FEW = 4
 
 MAGIC = b"aggkeys1"
