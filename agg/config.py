@@ -238,11 +238,12 @@ class Config:
 
 
 def _finish(values: Dict[str, Any]) -> Config:
-    # A worker sends a snapshot every heartbeat (give or take its 100 ms tick); a window not
-    # well above that reports healthy workers down between two of their snapshots.
+    # Children beat every second: a shorter wait would kill healthy ones between beats.
     if 0 < values["supervisor_hang_s"] < 2:
         raise ConfigError(f"supervisor.hang_s: must be 0 (never) or at least 2, "
                           f"got {values['supervisor_hang_s']:g}")
+    # A worker sends a snapshot every heartbeat (give or take its 100 ms tick); a window not
+    # well above that reports healthy workers down between two of their snapshots.
     if values["stats_stale_after_s"] < 2 * values["stats_heartbeat_s"]:
         raise ConfigError(f"stats.stale_after_s: must be at least twice stats.heartbeat_s "
                           f"({values['stats_heartbeat_s']:g}), got {values['stats_stale_after_s']:g}")

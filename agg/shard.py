@@ -98,11 +98,12 @@ class Shard:
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
         self.db.execute("PRAGMA temp_store=MEMORY")
-        # Random event ids dirty about one index page per insert, and a page dirtied
-        # again before the next checkpoint is copied to the file once: a WAL of 16000
-        # pages made the shard ~50% faster than SQLite's 1000 (agg-bench, README),
-        # while a checkpoint on the commit path still takes ~0.1 s, well inside
-        # limits.stall_s. An idle worker checkpoints at once (checkpoint()).
+        # A page dirtied by several commits before a checkpoint is copied to the file
+        # once. When shards had a unique index on random keys (a random page per
+        # event), a WAL of 16000 pages made them ~50% faster than SQLite's 1000; with
+        # appends, the pages shared by commits are the per-topic index's last ones
+        # (not measured again since). A checkpoint on the commit path takes ~0.1 s,
+        # well inside limits.stall_s. An idle worker checkpoints at once (checkpoint()).
         self.db.execute(f"PRAGMA wal_autocheckpoint={wal_autocheckpoint}")
         self.unchecked = False
         with self.transaction():
