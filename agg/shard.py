@@ -200,12 +200,8 @@ class Shard:
                 seq += 1
                 last_hash = h
                 inserts.append((seq, *row))
-                if seqs is None and earlier is None:
-                    fresh.append((h, seq))
-                    in_group[h] = [key]
-                else:
-                    collided.append((h, seq))
-                    in_group.setdefault(h, []).append(key)
+                (fresh if seqs is None and earlier is None else collided).append((h, seq))
+                in_group.setdefault(h, []).append(key)
             statuses.append(new)
             bump = bumps.get(key[0])
             if bump is None:

@@ -126,23 +126,20 @@ class Supervisor:
                 return
             try:
                 kind, body = protocol.decode(frames)
-                if kind == protocol.ALIVE:
-                    for child in self.children:
-                        if child.pid == body["pid"]:
-                            child.last_beat = time.monotonic()
+                if kind not in (protocol.ALIVE, protocol.READY):
                     continue
-                if kind != protocol.READY:
-                    continue
-                for child in self.children:
-                    if child.pid == body["pid"]:
-                        child.last_beat = time.monotonic()
-                        child.ready = True
-                        child.endpoint = body.get("endpoint")
-                        self.keep_endpoint(child)
-                        log.info("%s is ready (%s)", child.name, child.endpoint)
-                        if self.started:
-                            self.write_endpoints()  # new pid; a restarted edge may have a new port
-                            self.publish_restarts(force=True)
+                child = next((c for c in self.children if c.pid == body["pid"]), None)
+                if child is None:
+                    continue  # a child of an earlier life, already replaced
+                child.last_beat = time.monotonic()
+                if kind == protocol.READY:
+                    child.ready = True
+                    child.endpoint = body.get("endpoint")
+                    self.keep_endpoint(child)
+                    log.info("%s is ready (%s)", child.name, child.endpoint)
+                    if self.started:
+                        self.write_endpoints()  # new pid; a restarted edge may have a new port
+                        self.publish_restarts(force=True)
             except (protocol.ProtocolError, KeyError, TypeError) as exc:
                 log.warning("ignored a bad control message: %s", exc)
 

@@ -157,9 +157,9 @@ class Worker:
             req_id, events = BATCH_BODY.decode(body)
         except msgspec.DecodeError:
             return None
-        partition, shards = self.partition_of, self.shards
+        owns = self.owns
         for ev in events:
-            if partition(ev[1]) != ev[0] or ev[0] not in shards:
+            if not owns(ev[0], ev[1]):
                 return None
         return req_id, events
 
