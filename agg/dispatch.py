@@ -77,7 +77,7 @@ class Peer:
         self.pending: Dict[int, asyncio.Future] = {}
         self.inflight_events = 0
         # Batches submitted during one turn of the event loop go out as one message.
-        self.outbox: List[Tuple[List[List[Any]], asyncio.Future]] = []
+        self.outbox: List[Tuple[List[Tuple[int, List[WireEvent]]], int, asyncio.Future]] = []
         self.outbox_events = 0
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks: List[asyncio.Task] = []
@@ -167,36 +167,38 @@ class Peer:
             self.pending.pop(req_id, None)
             self.inflight_events -= weight
 
-    def submit(self, rows: List[List[Any]], timeout: float) -> "asyncio.Future[bytes]":
-        """Queue ``rows`` for this worker; they leave, with every other batch
-        submitted in the same turn of the event loop, as one BATCH message, so
-        that many small requests cost the worker one group and the socket one send.
-        The future gets the statuses of ``rows``, or the batch's exception."""
+    def submit(self, parts: List[Tuple[int, List[WireEvent]]], count: int,
+               timeout: float) -> "asyncio.Future[bytes]":
+        """Queue ``parts`` (``count`` events, by partition) for this worker; they
+        leave, with every other request submitted in the same turn of the event
+        loop, as one STORE message, so that many small requests cost the worker
+        one group and the socket one send. The future gets the statuses of
+        ``parts``' events in order, or the message's exception."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self.outbox:
             loop.call_soon(lambda: self.tasks.append(loop.create_task(self._flush(timeout))))
-        self.outbox.append((rows, future))
-        self.outbox_events += len(rows)
+        self.outbox.append((parts, count, future))
+        self.outbox_events += count
         return future
 
     async def _flush(self, timeout: float) -> None:
         self.tasks = [t for t in self.tasks if not t.done()]
         batches, self.outbox, count = self.outbox, [], self.outbox_events
         self.outbox_events = 0
-        rows = batches[0][0] if len(batches) == 1 else [r for b, _f in batches for r in b]
+        parts = batches[0][0] if len(batches) == 1 else [part for b in batches for part in b[0]]
         try:
-            statuses = await self.request(protocol.BATCH, rows, timeout, count)
+            statuses = await self.request(protocol.STORE, parts, timeout, count)
         except Exception as exc:  # every waiter learns the batch's fate
-            for _rows, future in batches:
+            for _parts, _count, future in batches:
                 if not future.done():
                     future.set_exception(exc)
             return
         start = 0
-        for part, future in batches:
+        for _parts, n, future in batches:
             if not future.done():
-                future.set_result(statuses[start:start + len(part)])
-            start += len(part)
+                future.set_result(statuses[start:start + n])
+            start += n
 
     def close(self) -> None:
         for task in self.tasks:
@@ -251,29 +253,42 @@ class WorkerPool:
 
     async def store(self, events: Sequence[WireEvent]) -> bytes:
         """Commit ``events``; return one status byte per event (1 stored, 0 duplicate)."""
-        groups: Dict[int, Tuple[List[int], List[List[Any]]]] = {}
-        partition, workers = self.partition_of, len(self.peers)
-        for position, (topic, event_id, timestamp, source, payload) in enumerate(events):
-            p = partition(topic)
-            group = groups.get(owner_of(p, workers))
+        by_partition: Dict[int, Tuple[List[int], List[WireEvent]]] = {}
+        partition = self.partition_of
+        for position, event in enumerate(events):
+            p = partition(event[0])
+            group = by_partition.get(p)
             if group is None:
-                group = groups[owner_of(p, workers)] = ([], [])
+                group = by_partition[p] = ([], [])
             group[0].append(position)
-            group[1].append([p, topic, event_id, timestamp, source, payload])
-        for w, (_positions, batch) in groups.items():
+            group[1].append(event)
+        # worker -> (positions of its events in the order sent, [(partition, events)], count)
+        groups: Dict[int, Tuple[List[int], List[Tuple[int, List[WireEvent]]], int]] = {}
+        workers = len(self.peers)
+        for p, (positions, part) in by_partition.items():
+            w = owner_of(p, workers)
+            if w not in groups:
+                groups[w] = ([], [], 0)
+            order, parts, count = groups[w]
+            order.extend(positions)
+            parts.append((p, part))
+            groups[w] = (order, parts, count + len(part))
+        for w, (_order, _parts, count) in groups.items():
             peer = self.peers[w]
             held = peer.inflight_events + peer.outbox_events
-            if held + len(batch) > self.max_inflight and held:
+            if held + count > self.max_inflight and held:
                 raise Overloaded(f"{peer.name} has {held} events in flight")
         workers_used = list(groups)
         results = await asyncio.gather(
-            *(self.peers[w].submit(groups[w][1], self.timeout) for w in workers_used),
+            *(self.peers[w].submit(groups[w][1], groups[w][2], self.timeout) for w in workers_used),
             return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, PeerError) and result.code == protocol.ERR_INTERNAL:
                     raise Unavailable(result.reason)
                 raise result
+        if len(workers_used) == 1 and len(by_partition) == 1:
+            return results[0]  # type: ignore[return-value]  # one part: already in request order
         statuses = bytearray(len(events))
         for w, result in zip(workers_used, results):
             for position, status in zip(groups[w][0], result):  # type: ignore[arg-type]

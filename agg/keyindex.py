@@ -23,13 +23,13 @@ matching the shard, it is ignored and the index is rebuilt from the rows.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import hashlib
+import itertools
 import os
 import struct
 import zlib
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,11 +48,19 @@ MAGIC = b"aggkeys1"
 HEADER = struct.Struct("<8sqqqBqI")
 
 
+def key_hashes(keys: Iterable[Sequence[Any]]) -> np.ndarray:
+    """A stable 64-bit hash of each key ``(topic, event_id, ...)``, the same in
+    every process and run. One C call per key and one array for all: the
+    digests are joined rather than each turned into a Python int."""
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(f"{key[0]}\x00{key[1]}".encode("utf-8", "surrogatepass"),
+                                digest_size=8).digest() for key in keys])
+    return np.frombuffer(digests, dtype="<i8")
+
+
 def key_hash(topic: str, event_id: str) -> int:
-    """A stable 64-bit hash of a key, the same in every process and run."""
-    digest = hashlib.blake2b(f"{topic}\x00{event_id}".encode("utf-8", "surrogatepass"),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    """The hash of one key (see ``key_hashes``)."""
+    return int(key_hashes([(topic, event_id)])[0])
 
 
 def narrow(seqs: np.ndarray) -> np.ndarray:
@@ -74,40 +82,42 @@ class KeyIndex:
     def __len__(self) -> int:
         return len(self.hashes) + len(self.recent) + sum(len(v) for v in self.overflow.values())
 
-    def candidates(self, hashes: Sequence[int]) -> List[Optional[List[int]]]:
-        """Per hash, the seqs of the rows whose key has that hash (None if none):
-        the key is stored iff one of those rows holds it."""
-        out: List[Optional[List[int]]] = [None] * len(hashes)
-        recent = self.recent
-        for i, h in enumerate(hashes):
-            seq = recent.get(h)
-            if seq is not None:
-                out[i] = [seq]
-        if len(self.hashes) and len(hashes) <= FEW:
+    def candidates(self, hashes: np.ndarray) -> Dict[int, List[int]]:
+        """The positions in ``hashes`` of the hashes this index holds, each with
+        the seqs of the rows whose key has that hash: the key at that position
+        is stored iff one of those rows holds it. Most of a group is new, so
+        the work is in C (set intersections, one searchsorted) but for the hits."""
+        hits: Dict[int, List[int]] = {}
+        wanted = hashes.tolist()
+        common = self.recent.keys() & wanted
+        if common:
+            recent = self.recent
+            for i, h in enumerate(wanted):
+                if h in common:
+                    hits[i] = [recent[h]]
+        if len(self.hashes) and len(wanted) <= FEW:
             arr = self.hashes
-            for i, h in enumerate(hashes):
+            for i, h in enumerate(wanted):
                 found = int(arr.searchsorted(h))
                 if found < len(arr) and int(arr[found]) == h:
-                    out[i] = [int(self.seqs[found])]
+                    hits[i] = [int(self.seqs[found])]
         elif len(self.hashes):
-            wanted = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
-            at = np.minimum(np.searchsorted(self.hashes, wanted), len(self.hashes) - 1)
-            for i in np.flatnonzero(self.hashes[at] == wanted).tolist():
-                out[i] = [int(self.seqs[at[i]])]
-        if self.overflow:
-            for i, h in enumerate(hashes):
-                more = self.overflow.get(h)
-                if more is not None:
-                    out[i] = (out[i] or []) + more
-        return out
+            at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+            for i in np.flatnonzero(self.hashes[at] == hashes).tolist():
+                hits[i] = [int(self.seqs[at[i]])]
+        common = self.overflow.keys() & wanted if self.overflow else ()
+        if common:
+            for i, h in enumerate(wanted):
+                if h in common:
+                    hits[i] = hits.get(i, []) + self.overflow[h]
+        return hits
 
     def add(self, fresh: Iterable[Tuple[int, int]], collided: Iterable[Tuple[int, int]] = ()) -> None:
         """Index committed rows, as ``(hash, seq)`` pairs: ``fresh`` ones, whose
         hash is not indexed yet, and ``collided`` ones, whose hash is (for
         another key, as the shard checked)."""
         recent = self.recent
-        for h, seq in fresh:
-            recent[h] = seq
+        recent.update(fresh)
         for h, seq in collided:
             self.overflow.setdefault(h, []).append(seq)
         if len(recent) >= RECENT_MAX:
@@ -130,23 +140,30 @@ class KeyIndex:
             self.seqs = np.insert(self.seqs, at, seqs.astype(np.uint32))
         self.recent = {}
 
-    def bulk_load(self, rows: Iterable[Tuple[int, str, str]],
+    def bulk_load(self, rows: Iterable[Tuple[str, str, int]],
                   progress: Callable[[int], None] = lambda count: None) -> None:
-        """Index stored rows, ``(seq, topic, event_id)`` in seq order, all of
+        """Index stored rows, ``(topic, event_id, seq)`` in seq order, all of
         them distinct keys: the rebuild at open, sorted in one go. ``progress``
         hears the count every ``PROGRESS_EVERY`` rows (a long rebuild is not a hang)."""
-        new_hashes, new_seqs = array.array("q"), array.array("q")  # 16 bytes a row, not a tuple
-        for seq, topic, event_id in rows:
-            new_hashes.append(key_hash(topic, event_id))
-            new_seqs.append(seq)
-            if len(new_seqs) % PROGRESS_EVERY == 0:
-                progress(len(new_seqs))
-        if not new_seqs:
+        rows = iter(rows)
+        hash_parts: List[np.ndarray] = []  # 16 bytes a row in all, never a tuple per row
+        seq_parts: List[np.ndarray] = []
+        count = 0
+        while True:
+            chunk = list(itertools.islice(rows, PROGRESS_EVERY))
+            if not chunk:
+                break
+            hash_parts.append(key_hashes(chunk))
+            seq_parts.append(np.fromiter((row[2] for row in chunk), dtype=np.int64, count=len(chunk)))
+            count += len(chunk)
+            del chunk
+            progress(count)
+        if not count:
             return
         self.merge()
-        hashes = np.concatenate([self.hashes, np.frombuffer(new_hashes, dtype=np.int64)])
-        seqs = np.concatenate([self.seqs.astype(np.int64), np.frombuffer(new_seqs, dtype=np.int64)])
-        del new_hashes, new_seqs
+        hashes = np.concatenate([self.hashes] + hash_parts)
+        seqs = np.concatenate([self.seqs.astype(np.int64)] + seq_parts)
+        del hash_parts, seq_parts
         order = np.argsort(hashes, kind="stable")  # stable: of equal hashes, the oldest row first
         hashes, seqs = hashes[order], seqs[order]
         repeat = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1

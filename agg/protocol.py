@@ -10,19 +10,19 @@ msgpack value whose shape depends on the kind. A ROUTER socket adds the
 peer's routing id in front; a PUB socket adds a topic frame in front
 (``b"ctr.worker.3"``) so that subscribers filter on it.
 
-Requests (publisher/front/ingest -> worker or ingest)::
+Requests (publisher -> ingest, front/ingest -> worker or stats)::
 
-    BATCH   b"B"  [req_id, [[partition, topic, event_id, timestamp, source, payload_json], ...]]
-                  (worker form; the native ingest takes [req_id, [event_map, ...]],
-                   see agg.ingest)
+    BATCH   b"B"  [req_id, [event_map, ...]]            (native publishers, see agg.ingest)
+    STORE   b"W"  [req_id, [[partition, [[topic, event_id, timestamp, source, payload_json],
+                  ...]], ...]]                          (to a worker: events by partition)
     QUERY   b"Q"  [req_id, {"topic": str|None, "after": {partition: seq}, "limit": int}]
     STATS   b"S"  [req_id, {}]                          (to the stats process)
 
 Replies::
 
     OK      b"K"  [req_id, result]
-                  BATCH result: bytes, one byte per event in request order,
-                  1 = stored now, 0 = duplicate of an event stored before.
+                  BATCH and STORE result: bytes, one byte per event in request
+                  order, 1 = stored now, 0 = duplicate of an event stored before.
                   QUERY result: [[partition, seq, topic, event_id, timestamp,
                   source, payload_json, received_at], ...] in processing order.
     ERR     b"E"  [req_id, code, reason, [[index, field, reason], ...]]
@@ -49,6 +49,7 @@ import msgpack
 VERSION = b"agg1"
 
 BATCH = b"B"
+STORE = b"W"
 QUERY = b"Q"
 STATS = b"S"
 OK = b"K"

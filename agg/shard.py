@@ -9,8 +9,10 @@ are never out of step, even after a SIGKILL in the middle (SQLite's journal
 rolls back the partial transaction at the next open). The index moves forward
 only after COMMIT.
 
-Processing order is ``seq``, the rowid, which ``store`` assigns: it only
-grows, because rows are never deleted.
+Processing order is ``seq``, the rowid: SQLite appends a row at the largest
+seq plus one, and rows are never deleted, so it only grows. The key index
+knows each row by its seq, so ``store`` checks that its rows landed where it
+expected.
 
 The key index is right only if nobody else writes the shard, so a shard
 holds ``<shard>.lock`` while open: a second worker given the same partition
@@ -22,13 +24,15 @@ Shards created before the key index have a unique SQLite index on
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import logging
 import sqlite3
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import lifecycle
-from .keyindex import KeyIndex, key_hash
+from .keyindex import KeyIndex, key_hash, key_hashes
 
 log = logging.getLogger("agg.shard")
 
@@ -52,9 +56,10 @@ CREATE TABLE IF NOT EXISTS counters (
 ) WITHOUT ROWID;
 """
 
-INSERT = ("INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
-          " VALUES (?, ?, ?, ?, ?, ?, ?)")
-KEYS_AFTER = "SELECT seq, topic, event_id FROM events WHERE seq > ? ORDER BY seq"
+# {} is the group's received_at, quoted (see store).
+INSERT = ("INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
+          " VALUES (?, ?, ?, ?, ?, '{}')")
+KEYS_AFTER = "SELECT topic, event_id, seq FROM events WHERE seq > ? ORDER BY seq"
 KEY_AT = "SELECT topic, event_id FROM events WHERE seq = ?"
 # A start that reads this many rows into a key index says so in the log.
 LOG_ROWS = 200_000
@@ -73,8 +78,6 @@ PAGE_OF_TOPIC = ("SELECT seq, topic, event_id, timestamp, source, payload, recei
 # topic -> [received, unique_processed, duplicate_dropped]
 TopicCounters = Dict[str, List[int]]
 Row = Tuple[int, str, str, str, str, bytes, str]
-# A row to insert: topic, event_id, timestamp, source, payload, received_at.
-NewRow = Tuple[str, str, str, str, bytes, str]
 
 
 class Shard:
@@ -177,53 +180,78 @@ class Shard:
                 keys[seq] = (topic, event_id)
         return keys
 
-    def store(self, rows: Sequence[NewRow]) -> List[bool]:
-        """Insert ``rows`` (at least one) in one transaction; return, per row, True
-        if it is new and False if it duplicates one stored before (or earlier in
-        ``rows``)."""
-        hashes = [key_hash(row[0], row[1]) for row in rows]
+    def store(self, events: Sequence[Sequence[Any]], received_at: str) -> bytearray:
+        """Insert the new ones of ``events`` (at least one), each ``(topic,
+        event_id, timestamp, source, payload)``, in one transaction, stamped
+        ``received_at``. Return per event 1 (``protocol.STORED``) if it is new, 0
+        if it duplicates one stored before or earlier in ``events``.
+
+        Written for groups of thousands: per event, only C runs (hashing, set
+        and array lookups, the insert). Python looks only at the events the
+        index may know and at hashes that repeat within the group."""
+        count = len(events)
+        hashes = key_hashes(events)
         hits = self.index.candidates(hashes)
-        stored = self.stored_keys(seq for seqs in hits if seqs for seq in seqs)
-        statuses: List[bool] = []
-        bumps: TopicCounters = {}
-        inserts: List[Tuple[int, str, str, str, str, bytes, str]] = []
-        fresh: List[Tuple[int, int]] = []     # (hash, seq) of new keys, hash new too
-        collided: List[Tuple[int, int]] = []  # (hash, seq) of new keys whose hash is taken
-        in_group: Dict[int, List[Tuple[str, str]]] = {}  # hash -> new keys of this group
-        seq, last_hash = self.last_seq, self.last_key
-        for row, h, seqs in zip(rows, hashes, hits):
-            key = (row[0], row[1])
-            earlier = in_group.get(h)
-            new = not ((seqs is not None and any(stored.get(s) == key for s in seqs))
-                       or (earlier is not None and key in earlier))
-            if new:
-                seq += 1
-                last_hash = h
-                inserts.append((seq, *row))
-                (fresh if seqs is None and earlier is None else collided).append((h, seq))
-                in_group.setdefault(h, []).append(key)
-            statuses.append(new)
-            bump = bumps.get(key[0])
-            if bump is None:
-                bump = bumps[key[0]] = [0, 0, 0]
-            bump[0] += 1
-            bump[1 if new else 2] += 1
+        wanted = hashes.tolist()
+        look = set(hits)
+        if len(set(wanted)) < count:  # a key sent twice in the group (or a collision in it)
+            repeats = {h for h, n in collections.Counter(wanted).items() if n > 1}
+            look.update(i for i, h in enumerate(wanted) if h in repeats)
+        statuses = bytearray(b"\x01") * count
+        collided: Dict[int, bool] = {}  # positions of new keys whose hash is taken
+        if look:
+            stored = self.stored_keys(seq for seqs in hits.values() for seq in seqs)
+            in_group: Dict[int, List[Tuple[str, str]]] = {}  # hash -> new keys of this group
+            for i in sorted(look):
+                key = (events[i][0], events[i][1])
+                seqs, earlier = hits.get(i), in_group.get(wanted[i])
+                if (seqs is not None and any(stored.get(s) == key for s in seqs)) \
+                        or (earlier is not None and key in earlier):
+                    statuses[i] = 0
+                    continue
+                if seqs is not None or earlier is not None:
+                    collided[i] = True
+                in_group.setdefault(wanted[i], []).append(key)
+        new = events if len(statuses) == sum(statuses) else list(itertools.compress(events, statuses))
+        first = self.last_seq + 1
+        bumps = {topic: [n, n, 0] for topic, n in collections.Counter(e[0] for e in events).items()}
+        for i in (i for i in look if not statuses[i]):
+            bump = bumps[events[i][0]]
+            bump[1] -= 1
+            bump[2] += 1
+        # received_at is the same for the whole group and is our own stamp (digits and
+        # "-:.TZ"): written into the statement, it is not bound once per row.
+        insert = INSERT.format(received_at.replace("'", "''"))
         try:
             with self.transaction() as db:
-                db.executemany(INSERT, inserts)
+                if new:
+                    db.executemany(insert, new)
+                    # Rows are appended at max(seq) + 1: a seq other than ours means the file
+                    # has rows this shard did not write (a commit reported failed that reached
+                    # the disk, another writer). The file is the truth: the group fails, the
+                    # shard reads the file again, and the group's resend meets the rows.
+                    last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    if last != first + len(new) - 1:
+                        raise sqlite3.IntegrityError(f"rows were appended at {last}, not at "
+                                                     f"{first + len(new) - 1}")
                 db.executemany(BUMP_COUNTERS, [(t, r, u, d) for t, (r, u, d) in bumps.items()])
         except sqlite3.IntegrityError:
-            # A seq already taken: the file has rows this shard did not write (a commit
-            # reported failed that reached the disk, another writer). The file is the
-            # truth: read it again, and let this group fail; its resend meets the rows.
             log.error("%s has rows its key index did not know; reading it again", self.path)
             self.load()
             raise
         # Only now, after COMMIT, does the in-memory view move forward.
-        self.index.add(fresh, collided)
+        new_hashes = wanted if new is events else list(itertools.compress(wanted, statuses))
+        if collided:
+            positions = list(itertools.compress(range(count), statuses))
+            pairs = list(zip(new_hashes, range(first, first + len(new))))
+            self.index.add([pair for i, pair in zip(positions, pairs) if i not in collided],
+                           [pair for i, pair in zip(positions, pairs) if i in collided])
+        else:
+            self.index.add(zip(new_hashes, range(first, first + len(new))))
         self.unchecked = True
-        self.last_seq, self.last_key = seq, last_hash
-        self.last_received_at = rows[-1][5]
+        if new:
+            self.last_seq, self.last_key = first + len(new) - 1, new_hashes[-1]
+            self.last_received_at = received_at
         for topic, (r, u, d) in bumps.items():
             mine = self.counters.get(topic)
             if mine is None:

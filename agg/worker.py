@@ -1,7 +1,7 @@
 """Dedup worker: owns some partitions, their shards, and their counters.
 
 Binds:     ROUTER at ``endpoints.worker`` (its index filled in); the front and
-           the ingest connect DEALERs and send BATCH and QUERY requests.
+           the ingest connect DEALERs and send STORE and QUERY requests.
 Connects:  PUB to ``endpoints.stats_in``, where it sends its counter snapshot
            (topic ``ctr.worker.N``) after each commit, at most every
            ``stats.publish_interval_s``, and at least every ``stats.heartbeat_s``.
@@ -32,16 +32,20 @@ from . import config as configmod
 from . import lifecycle, protocol
 from .partition import (PartitionCache, PartitionMismatch, ensure_data_dir, partitions_of_worker,
                         shard_path)
-from .shard import NewRow, Shard
+from .shard import Shard
 
 log = logging.getLogger("agg.worker")
 
-# A pending batch: (routing id, request id, events as [partition, topic, id, ts, source, payload]).
-Pending = Tuple[bytes, Any, Sequence[Sequence[Any]]]
+# An event as the front and the ingest send it: topic, event_id, timestamp, source, payload.
+Event = Sequence[Any]
+# A STORE body's events: [(partition, [event, ...]), ...].
+Parts = Sequence[Tuple[int, Sequence[Event]]]
+# A pending batch: (routing id, request id, parts).
+Pending = Tuple[bytes, Any, Parts]
 
-# A BATCH body as the front and the ingest send it, type-checked in C. Anything
+# A STORE body as the front and the ingest send it, type-checked in C. Anything
 # else goes to Worker.check_batch, which says what is wrong.
-BATCH_BODY = msgspec.msgpack.Decoder(Tuple[Any, List[Tuple[int, str, str, str, str, bytes]]])
+STORE_BODY = msgspec.msgpack.Decoder(Tuple[Any, List[Tuple[int, List[Tuple[str, str, str, str, bytes]]]]])
 
 
 class CommitClock:
@@ -106,22 +110,29 @@ class Worker:
     def handle_batches(self, batches: List[Pending]) -> None:
         """Commit every event of ``batches``, one transaction per partition, then
         answer each batch: OK with per-event statuses, or ERR if any of its
-        partitions failed to commit (the publisher resends; dedup makes it safe)."""
+        partitions failed to commit (the publisher resends; dedup makes it safe).
+        Events move by the list, never one by one: each partition's events of
+        all batches are joined, and each batch's statuses are cut back out."""
         received_at = self.clock.now()
-        # partition -> (where each event came from, its row)
-        groups: Dict[int, Tuple[List[Tuple[int, int]], List[NewRow]]] = {}
-        statuses = [bytearray(len(events)) for _rid, _req, events in batches]
-        for b, (_rid, _req, events) in enumerate(batches):
-            for i, (p, topic, event_id, timestamp, source, payload) in enumerate(events):
+        groups: Dict[int, List[Event]] = {}
+        places: List[List[Tuple[int, int, int]]] = []  # per batch: (partition, start, count)
+        for _rid, _req, parts in batches:
+            place = []
+            for p, events in parts:
                 group = groups.get(p)
                 if group is None:
-                    group = groups[p] = ([], [])
-                group[0].append((b, i))
-                group[1].append((topic, event_id, timestamp, source, payload, received_at))
+                    group = groups[p] = []
+                place.append((p, len(group), len(events)))
+                group.extend(events)
+            places.append(place)
+        done: Dict[int, bytearray] = {}
         failed: Dict[int, str] = {}
-        for p, (places, rows) in groups.items():
+        for p, events in groups.items():
+            if not events:
+                done[p] = bytearray()
+                continue
             try:
-                result = self.shards[p].store(rows)
+                done[p] = self.shards[p].store(events, received_at)
             except sqlite3.Error as exc:
                 log.error("commit to shard %d failed: %s", p, exc)
                 failed[p] = f"storage error in partition {p}: {exc}"
@@ -130,17 +141,16 @@ class Worker:
                 self.storage_error = failed[p]
                 continue
             self.dirty.add(p)
-            for (b, i), new in zip(places, result):
-                statuses[b][i] = protocol.STORED if new else protocol.DUPLICATE
         if not failed and self.storage_error is not None:
             log.info("commits succeed again")
             self.storage_error = None
             self.last_publish = 0.0
         self.maybe_publish()
-        for b, (rid, req_id, events) in enumerate(batches):
-            reason = next((failed[ev[0]] for ev in events if ev[0] in failed), None)
+        for (rid, req_id, _parts), place in zip(batches, places):
+            reason = next((failed[p] for p, _start, _count in place if p in failed), None)
             if reason is None:
-                reply = protocol.encode_ok(req_id, bytes(statuses[b]))
+                statuses = b"".join(done[p][start:start + n] for p, start, n in place)
+                reply = protocol.encode_ok(req_id, statuses)
             else:
                 reply = protocol.encode_err(req_id, protocol.ERR_INTERNAL, reason)
             self.router.send_multipart([rid] + reply)
@@ -149,33 +159,43 @@ class Worker:
         """Whether ``topic`` is in ``partition`` and that partition is this worker's."""
         return partition in self.shards and self.partition_of(topic) == partition
 
-    def batch_of(self, body: bytes) -> Optional[Tuple[Any, Sequence[Sequence[Any]]]]:
-        """``(req_id, events)`` of a well-formed BATCH body whose events are all
+    def owns_all(self, parts: Parts) -> bool:
+        """Whether every event of ``parts`` is in the partition it came under, and
+        that partition is this worker's. Topics are few: each is checked once."""
+        owns = self.owns
+        for p, events in parts:
+            for topic in {e[0] for e in events}:
+                if not owns(p, topic):
+                    return False
+        return True
+
+    def batch_of(self, body: bytes) -> Optional[Tuple[Any, Parts]]:
+        """``(req_id, parts)`` of a well-formed STORE body whose events are all
         this worker's, checked in C and with a cache of known topics; None for
         anything else, which the slow path (``check_batch``) then explains."""
         try:
-            req_id, events = BATCH_BODY.decode(body)
+            req_id, parts = STORE_BODY.decode(body)
         except msgspec.DecodeError:
             return None
-        owns = self.owns
-        for ev in events:
-            if not owns(ev[0], ev[1]):
-                return None
-        return req_id, events
+        return (req_id, parts) if self.owns_all(parts) else None
 
-    def check_batch(self, data: Any) -> List[List[Any]]:
-        """The events of a BATCH body, or ProtocolError if any is malformed or is
-        not this worker's (a peer with another partition map must not store it)."""
+    def check_batch(self, data: Any) -> Parts:
+        """The parts of a STORE body, or ProtocolError if any event is malformed
+        or is not this worker's (a peer with another partition map must not store it)."""
         if not isinstance(data, list):
-            raise protocol.ProtocolError(protocol.ERR_INVALID, "batch must be a list of events")
-        for ev in data:
-            if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)
-                    and all(isinstance(x, str) for x in ev[1:5]) and isinstance(ev[5], bytes)):
-                raise protocol.ProtocolError(protocol.ERR_INVALID, "malformed event in batch")
-            if not self.owns(ev[0], ev[1]):
-                raise protocol.ProtocolError(
-                    protocol.ERR_INVALID, f"topic {ev[1]!r} is not in partition {ev[0]} of worker "
-                                          f"{self.index}, which owns {self.partitions}")
+            raise protocol.ProtocolError(protocol.ERR_INVALID, "body must be a list of [partition, events]")
+        for part in data:
+            if not (isinstance(part, list) and len(part) == 2 and isinstance(part[0], int)
+                    and isinstance(part[1], list)):
+                raise protocol.ProtocolError(protocol.ERR_INVALID, "malformed [partition, events] in batch")
+            for ev in part[1]:
+                if not (isinstance(ev, list) and len(ev) == 5 and all(isinstance(x, str) for x in ev[:4])
+                        and isinstance(ev[4], bytes)):
+                    raise protocol.ProtocolError(protocol.ERR_INVALID, "malformed event in batch")
+                if not self.owns(part[0], ev[0]):
+                    raise protocol.ProtocolError(
+                        protocol.ERR_INVALID, f"topic {ev[0]!r} is not in partition {part[0]} of worker "
+                                              f"{self.index}, which owns {self.partitions}")
         return data
 
     def handle_query(self, rid: bytes, req_id: Any, body: Any) -> None:
@@ -211,11 +231,11 @@ class Worker:
             except zmq.Again:
                 break
             rid, rest = frames[0], frames[1:]
-            if len(rest) == 3 and rest[0] == protocol.VERSION and rest[1] == protocol.BATCH:
+            if len(rest) == 3 and rest[0] == protocol.VERSION and rest[1] == protocol.STORE:
                 fast = self.batch_of(rest[2])
                 if fast is not None:
                     batches.append((rid, fast[0], fast[1]))
-                    count += len(fast[1])
+                    count += sum(len(events) for _p, events in fast[1])
                     continue
             req_id: Any = None
             try:
@@ -223,9 +243,9 @@ class Worker:
                 if not isinstance(body, list) or len(body) != 2:
                     raise protocol.ProtocolError(protocol.ERR_INVALID, "body must be [req_id, data]")
                 req_id, data = body
-                if kind == protocol.BATCH:
+                if kind == protocol.STORE:
                     batches.append((rid, req_id, self.check_batch(data)))
-                    count += len(data)
+                    count += sum(len(events) for _p, events in data)
                 elif kind == protocol.QUERY:
                     queries.append((rid, req_id, data))
                 else:

@@ -14,14 +14,20 @@ import random
 import sqlite3
 from typing import Iterator, List, Set, Tuple
 
+import numpy as np
 import pytest
 
 from agg import keyindex, shard as shardmod
 from agg.shard import Shard
 
 
-def rows(keys: List[Tuple[str, str]]) -> List[Tuple[str, str, str, str, bytes, str]]:
-    return [(t, e, "2025-10-21T14:30:00Z", "src", b"{}", "2026-01-01T00:00:00.000000Z") for t, e in keys]
+def rows(keys: List[Tuple[str, str]]) -> List[Tuple[str, str, str, str, bytes]]:
+    return [(t, e, "2025-10-21T14:30:00Z", "src", b"{}") for t, e in keys]
+
+
+def store(shard: Shard, keys: List[Tuple[str, str]]) -> List[bool]:
+    """Per key, whether the shard stored it as new."""
+    return [bool(status) for status in shard.store(rows(keys), "2026-01-01T00:00:00.000000Z")]
 
 
 def check_against_set(shard: Shard, seen: Set[Tuple[str, str]], groups: List[List[Tuple[str, str]]]) -> None:
@@ -31,7 +37,7 @@ def check_against_set(shard: Shard, seen: Set[Tuple[str, str]], groups: List[Lis
         for key in group:
             want.append(key not in seen)
             seen.add(key)
-        assert shard.store(rows(group)) == want
+        assert store(shard, group) == want
 
 
 def random_groups(rng: random.Random, count: int, size: int,
@@ -56,18 +62,18 @@ def crash(shard: Shard) -> None:
 @pytest.fixture
 def weak_hash(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every key hashes to one of 7 values; merges happen every 50 keys."""
-    def weak(topic: str, event_id: str) -> int:
-        return sum(map(ord, topic + event_id)) % 7 - 3
-    monkeypatch.setattr(shardmod, "key_hash", weak)
-    monkeypatch.setattr(keyindex, "key_hash", weak)
+    def weak(keys) -> np.ndarray:
+        return np.array([sum(map(ord, key[0] + key[1])) % 7 - 3 for key in keys], dtype=np.int64)
+    monkeypatch.setattr(shardmod, "key_hashes", weak)
+    monkeypatch.setattr(keyindex, "key_hashes", weak)
     monkeypatch.setattr(keyindex, "RECENT_MAX", 50)
     yield
 
 
 def test_new_and_duplicate_within_and_across_groups(tmp_path) -> None:
     shard = Shard(str(tmp_path / "s.sqlite3"))
-    assert shard.store(rows([("a", "1"), ("a", "2"), ("a", "1"), ("b", "1")])) == [True, True, False, True]
-    assert shard.store(rows([("b", "1"), ("a", "3"), ("a", "2")])) == [False, True, False]
+    assert store(shard, [("a", "1"), ("a", "2"), ("a", "1"), ("b", "1")]) == [True, True, False, True]
+    assert store(shard, [("b", "1"), ("a", "3"), ("a", "2")]) == [False, True, False]
     assert shard.counters == {"a": [5, 3, 2], "b": [2, 1, 1]}
     assert all_keys(shard.path) == [("a", "1"), ("a", "2"), ("b", "1"), ("a", "3")]
     shard.close()
@@ -100,7 +106,7 @@ def test_index_file_that_does_not_fit_is_rebuilt(tmp_path, damage) -> None:
     path = str(tmp_path / "s.sqlite3")
     keys = [("t", f"e{i}") for i in range(300)]
     shard = Shard(path)
-    shard.store(rows(keys))
+    store(shard, keys)
     shard.close()
     if damage == "missing":
         os.unlink(path + ".keys")
@@ -116,29 +122,29 @@ def test_index_file_that_does_not_fit_is_rebuilt(tmp_path, damage) -> None:
     elif damage == "other shard":
         # An index of different keys, covering as many rows: its covered row does not match.
         other = Shard(str(tmp_path / "o.sqlite3"))
-        other.store(rows([("u", f"x{i}") for i in range(300)]))
+        store(other, [("u", f"x{i}") for i in range(300)])
         other.close()
         os.replace(str(tmp_path / "o.sqlite3.keys"), path + ".keys")
     elif damage == "ahead":
         # The shard restored from an older copy: the index covers rows it does not have.
         bigger = Shard(str(tmp_path / "o.sqlite3"))
-        bigger.store(rows(keys + [("t", "later")]))
+        store(bigger, keys + [("t", "later")])
         bigger.close()
         os.replace(str(tmp_path / "o.sqlite3.keys"), path + ".keys")
     shard = Shard(path)
     assert len(shard.index) == 300
-    assert shard.store(rows(keys[:5] + [("t", "new"), ("t", "later")])) == [False] * 5 + [True, True]
+    assert store(shard, keys[:5] + [("t", "new"), ("t", "later")]) == [False] * 5 + [True, True]
     shard.close()
 
 
 def test_a_failed_commit_leaves_the_index_as_it_was(tmp_path) -> None:
     shard = Shard(str(tmp_path / "s.sqlite3"))
-    shard.store(rows([("t", "1")]))
+    store(shard, [("t", "1")])
     shard.db.execute("PRAGMA query_only=1")
     with pytest.raises(sqlite3.Error):
-        shard.store(rows([("t", "2"), ("t", "3")]))
+        store(shard, [("t", "2"), ("t", "3")])
     shard.db.execute("PRAGMA query_only=0")
-    assert shard.store(rows([("t", "2"), ("t", "3"), ("t", "1")])) == [True, True, False]
+    assert store(shard, [("t", "2"), ("t", "3"), ("t", "1")]) == [True, True, False]
     assert shard.counters == {"t": [4, 3, 1]}
     shard.close()
 
@@ -153,7 +159,7 @@ def test_a_shard_with_the_old_unique_index_keeps_working(tmp_path) -> None:
     db.commit()
     db.close()
     shard = Shard(path)
-    assert shard.store(rows([("t", "old"), ("t", "new")])) == [False, True]
+    assert store(shard, [("t", "old"), ("t", "new")]) == [False, True]
     assert shard.counters == {"t": [3, 2, 1]}
     shard.close()
 
@@ -163,13 +169,13 @@ def test_an_index_file_that_cannot_be_written_costs_only_a_warning(tmp_path, cap
     shard = Shard(path, index_save_rows=10)
     shard.index_path = str(tmp_path / "no such dir" / "s.sqlite3.keys")
     with caplog.at_level("WARNING", logger="agg.shard"):
-        assert shard.store(rows([("t", f"e{i}") for i in range(10)])) == [True] * 10
-        assert shard.store(rows([("t", "e1"), ("t", "e10")])) == [False, True]
+        assert store(shard, [("t", f"e{i}") for i in range(10)]) == [True] * 10
+        assert store(shard, [("t", "e1"), ("t", "e10")]) == [False, True]
     # One attempt, not one per commit: the next comes after another 10 rows.
     assert len([r for r in caplog.records if "cannot save" in r.getMessage()]) == 1
     crash(shard)
     shard = Shard(path)  # no file: the index is rebuilt from the rows
-    assert shard.store(rows([("t", "e3"), ("t", "e11")])) == [False, True]
+    assert store(shard, [("t", "e3"), ("t", "e11")]) == [False, True]
     shard.close()
 
 
@@ -185,7 +191,7 @@ def test_index_seqs_widen_past_four_bytes_and_survive_the_file(tmp_path) -> None
     index.save(path, 2**40, 123)
     loaded, covered, covered_key = keyindex.KeyIndex.load(path)
     assert (covered, covered_key) == (2**40, 123)
-    assert loaded.candidates([5, -9, 11, 6]) == [[7, 2**40], [2**32 - 1], [2**32 + 5], None]
+    assert loaded.candidates(np.array([5, -9, 11, 6])) == {0: [7, 2**40], 1: [2**32 - 1], 2: [2**32 + 5]}
 
 
 def test_a_second_opener_of_a_shard_is_refused(tmp_path) -> None:
@@ -200,7 +206,7 @@ def test_a_second_opener_of_a_shard_is_refused(tmp_path) -> None:
 def test_rows_written_behind_the_shard_make_it_read_the_file_again(tmp_path) -> None:
     path = str(tmp_path / "s.sqlite3")
     shard = Shard(path)
-    shard.store(rows([("t", "1")]))
+    store(shard, [("t", "1")])
     # A commit that reached the disk although SQLite reported it failed looks like this.
     other = sqlite3.connect(path)
     other.execute("INSERT INTO events VALUES (2, 't', 'ghost', 'ts', 's', x'7b7d', 'r')")
@@ -208,7 +214,7 @@ def test_rows_written_behind_the_shard_make_it_read_the_file_again(tmp_path) -> 
     other.commit()
     other.close()
     with pytest.raises(sqlite3.IntegrityError):
-        shard.store(rows([("t", "3")]))
-    assert shard.store(rows([("t", "ghost"), ("t", "3")])) == [False, True]
+        store(shard, [("t", "3")])
+    assert store(shard, [("t", "ghost"), ("t", "3")]) == [False, True]
     assert shard.counters == {"t": [4, 3, 1]}
     shard.close()

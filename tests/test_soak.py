@@ -136,7 +136,7 @@ TORN = r'''
 import os, signal, sys
 from agg.shard import Shard
 shard = Shard(sys.argv[1])
-shard.store([("t", "committed-%d" % i, "2025-10-21T14:30:00Z", "s", b"{}", "now") for i in range(100)])
+shard.store([("t", "committed-%d" % i, "2025-10-21T14:30:00Z", "s", b"{}") for i in range(100)], "now")
 db = shard.db
 db.execute("BEGIN IMMEDIATE")
 db.executemany("INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
@@ -160,7 +160,7 @@ def test_a_crash_mid_transaction_leaves_no_partial_batch(tmp_path) -> None:
         assert shard.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         # The key index, read back from the rows, knows the committed events and
         # nothing of the torn ones.
-        assert shard.store([("t", e, "2025-10-21T14:30:00Z", "s", b"{}", "later")
-                            for e in ("committed-7", "torn-7")]) == [False, True]
+        assert list(shard.store([("t", e, "2025-10-21T14:30:00Z", "s", b"{}")
+                                 for e in ("committed-7", "torn-7")], "later")) == [0, 1]
     finally:
         shard.close()

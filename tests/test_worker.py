@@ -34,8 +34,11 @@ class WorkerClient:
         self.ids = itertools.count(1)
 
     def send(self, events: List[Any]) -> Tuple[bool, Any]:
+        """Send ``events`` ([partition, event...] each) as a STORE, each event in
+        a part of its own (the worker joins the parts of one partition)."""
         req_id = next(self.ids)
-        self.sock.send_multipart(protocol.encode(protocol.BATCH, [req_id, events]))
+        parts = [[ev[0], [ev[1:]]] for ev in events]
+        self.sock.send_multipart(protocol.encode(protocol.STORE, [req_id, parts]))
         assert self.sock.poll(10_000), "the worker did not answer"
         answer_id, ok, payload = protocol.split_reply(*protocol.decode(self.sock.recv_multipart()))
         assert answer_id == req_id
