@@ -21,7 +21,7 @@ import datetime
 import math
 import re
 from itertools import compress, repeat
-from operator import add
+from operator import add, itemgetter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 try:
@@ -55,6 +55,8 @@ _STRICT_TIMESTAMP = (
     r"(?::[0-5][0-9](?:[.,][0-9]{1,9})?)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])\Z")
 
 WireEvent = Tuple[str, str, str, str, bytes]
+
+_DAY = itemgetter(slice(8, 10))  # the day of a timestamp that matched _STRICT_TIMESTAMP
 
 
 class Limits(NamedTuple):
@@ -268,7 +270,8 @@ def _fast_columns(items: Sequence[Any], payloads: List[bytes], max_payload: int)
             or not all(map(bytes.startswith, payloads, repeat(b"{")))
             or max(map(add, map(bytes.count, payloads, repeat(b"{")),
                        map(bytes.count, payloads, repeat(b"["))), default=0) > MAX_PAYLOAD_DEPTH
-            or any(check_timestamp(t) for t in stamps if t[8:10] > "28")):
+            or (max(map(_DAY, stamps), default="") > "28"
+                and any(check_timestamp(t) for t in stamps if t[8:10] > "28"))):
         return None
     return list(zip(topics, ids, stamps, sources, payloads))
 
@@ -347,10 +350,12 @@ class FastMsgpackDecoder:
             payloads = [dumps(e.payload, option=orjson.OPT_PASSTHROUGH_DATETIME) for e in items]
         except (TypeError, orjson.JSONEncodeError):
             return None
-        # orjson writes NaN and infinities as null, which the slow path refuses.
-        for i in compress(range(len(payloads)), [b"null" in p for p in payloads]):
-            if _has_non_finite(items[i].payload):
-                return None
+        # orjson writes NaN and infinities as null, which the slow path refuses. A null
+        # is rare: one search of the whole batch, then a look at each payload if found.
+        if b"null" in b"".join(payloads):
+            for i in compress(range(len(payloads)), [b"null" in p for p in payloads]):
+                if _has_non_finite(items[i].payload):
+                    return None
         events = _fast_columns(items, payloads, self.max_payload)
         return None if events is None else (req_id, events)
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agg import protocol
 from agg.client import AsyncPublisher, Publisher
+from agg.partition import partition_of
 from agg.publish import make_events
 from conftest import AggSystem, make_event, wait_until
 
@@ -72,6 +73,12 @@ def test_ack_carries_one_status_per_event(agg: AggSystem, raw: RawClient) -> Non
     assert raw.ask(batch_frames(1, events)) == (protocol.OK, [1, b"\x01\x00\x01"])
     assert raw.ask(batch_frames("two", events)) == (protocol.OK, ["two", b"\x00\x00\x00"])
     agg.wait_stats(6, 2, 4)
+    # Events of several partitions, interleaved: each status comes back in its event's place.
+    keys = [("t.a", "1"), ("t.b", "1"), ("t.a", "1"), ("t.c", "2"), ("t.b", "1"), ("t.d", "1"), ("t.c", "3"),
+            ("t.e", "1"), ("t.a", "2")]
+    assert len({partition_of(t, 8) % 2 for t, _e in keys}) == 2 and len({partition_of(t, 8) for t, _e in keys}) >= 4
+    events = [make_event(topic=t, event_id=e) for t, e in keys]
+    assert raw.ask(batch_frames(3, events)) == (protocol.OK, [3, bytes([1, 1, 0, 1, 0, 1, 1, 1, 1])])
 
 
 def test_invalid_event_gets_an_error_frame_and_stores_nothing(agg: AggSystem, raw: RawClient) -> None:
