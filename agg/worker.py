@@ -30,6 +30,7 @@ import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
+from .checkpointer import Checkpointer
 from .partition import (PartitionCache, PartitionMismatch, ensure_data_dir, partitions_of_worker,
                         shard_path)
 from .shard import Shard
@@ -91,6 +92,9 @@ class Worker:
                                        config.storage_index_save_rows, self.heartbeat.beat)
             except sqlite3.DatabaseError as exc:
                 raise sqlite3.DatabaseError(f"{path}: {exc}") from None
+        self.checkpointer = Checkpointer([shard.path for shard in self.shards.values()],
+                                         config.storage_synchronous)
+        self.checkpointer.start()
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -141,6 +145,7 @@ class Worker:
                 self.storage_error = failed[p]
                 continue
             self.dirty.add(p)
+            self.checkpointer.mark(self.shards[p].path)
         if not failed and self.storage_error is not None:
             log.info("commits succeed again")
             self.storage_error = None
@@ -303,19 +308,17 @@ class Worker:
             if poller.poll(tick_ms):
                 self.drain()
             else:
-                self.checkpoint_idle()
+                self.idle()
             self.maybe_publish()
         self.maybe_publish(force=True)
 
-    def checkpoint_idle(self) -> None:
-        """A tick with no request: a good time to shrink the WALs."""
-        for p, shard in self.shards.items():
-            try:
-                shard.checkpoint()
-            except sqlite3.Error as exc:
-                log.warning("checkpoint of shard %d failed: %s", p, exc)
+    def idle(self) -> None:
+        """A tick with no request: a good time to save key indexes."""
+        for shard in self.shards.values():
+            shard.idle()
 
     def close(self) -> None:
+        self.checkpointer.stop()
         for shard in self.shards.values():
             shard.close()
         self.router.close()
