@@ -102,7 +102,7 @@ SCHEMA: Tuple[Setting, ...] = (
     Setting("storage.cache_mib", int, 64, "SQLite page cache per shard, in MiB", minimum=1),
     Setting("storage.wal_autocheckpoint", int, 16000,
             "WAL pages after which a commit also checkpoints, staggered 0.75-1.25x across a "
-            "worker's shards (idle workers checkpoint sooner)",
+            "worker's shards: a backstop, since a thread of the worker checkpoints every 0.2 s",
             minimum=0),
     Setting("storage.index_save_rows", int, 100_000,
             "rows a shard may add before its key index file is saved again; a start reads "
