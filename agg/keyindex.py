@@ -63,6 +63,30 @@ def key_hash(topic: str, event_id: str) -> int:
     return int(key_hashes([(topic, event_id)])[0])
 
 
+# A key index as saved: hashes, seqs, and the overflow's (hash, seq) pairs.
+Snapshot = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def write(path: str, snapshot: Snapshot, covered: int, covered_key: int) -> None:
+    """Write ``snapshot`` of an index that holds every row up to seq ``covered``
+    (whose key hashes to ``covered_key``) to ``path`` atomically."""
+    hashes, seqs, extra = snapshot
+    body = hashes.tobytes() + seqs.tobytes() + extra.tobytes()
+    header = HEADER.pack(MAGIC, covered, covered_key, len(hashes), seqs.itemsize, len(extra), zlib.crc32(body))
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a half-written file only takes space
+            os.unlink(tmp)
+        raise
+
+
 def narrow(seqs: np.ndarray) -> np.ndarray:
     """``seqs`` as 4-byte integers if they all fit, else as 8-byte ones."""
     if not len(seqs) or int(seqs.max()) <= UINT32_MAX:
@@ -174,27 +198,19 @@ class KeyIndex:
 
     # -- the file -------------------------------------------------------------------------
 
-    def save(self, path: str, covered: int, covered_key: int) -> None:
-        """Write the index, which holds every row up to seq ``covered`` (whose key
-        hashes to ``covered_key``), to ``path`` atomically."""
+    def snapshot(self) -> Snapshot:
+        """The index as it is now, to be written by ``write``. Its arrays are
+        never written in place (a merge makes new ones), so another thread may
+        write them out while this index goes on taking keys."""
         self.merge()
         extra = np.array([(h, s) for h, seqs in self.overflow.items() for s in seqs],
                          dtype=np.int64).reshape(-1, 2)
-        body = self.hashes.tobytes() + self.seqs.tobytes() + extra.tobytes()
-        header = HEADER.pack(MAGIC, covered, covered_key, len(self.hashes), self.seqs.itemsize, len(extra),
-                             zlib.crc32(body))
-        tmp = f"{path}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(header)
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):  # a half-written file only takes space
-                os.unlink(tmp)
-            raise
+        return self.hashes, self.seqs, extra
+
+    def save(self, path: str, covered: int, covered_key: int) -> None:
+        """Write the index, which holds every row up to seq ``covered`` (whose key
+        hashes to ``covered_key``), to ``path`` atomically."""
+        write(path, self.snapshot(), covered, covered_key)
 
     @classmethod
     def load(cls, path: str) -> Optional[Tuple["KeyIndex", int, int]]:

@@ -30,7 +30,7 @@ import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
-from .checkpointer import Checkpointer
+from .background import Background
 from .partition import (PartitionCache, PartitionMismatch, ensure_data_dir, partitions_of_worker,
                         shard_path)
 from .shard import Shard
@@ -83,18 +83,20 @@ class Worker:
         ensure_data_dir(config.data_dir, config.partitions)
         # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
         self.heartbeat = lifecycle.Heartbeat(config)
+        # Checkpoints and key index saves, off the commit path (see agg.background).
+        self.background = Background([shard_path(config.data_dir, p) for p in self.partitions],
+                                     config.storage_synchronous)
         self.shards: Dict[int, Shard] = {}
         for n, p in enumerate(self.partitions):
             path = shard_path(config.data_dir, p)
             try:
                 self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib,
                                        staggered(config.storage_wal_autocheckpoint, n, len(self.partitions)),
-                                       config.storage_index_save_rows, self.heartbeat.beat)
+                                       config.storage_index_save_rows, self.heartbeat.beat,
+                                       self.background.later)
             except sqlite3.DatabaseError as exc:
                 raise sqlite3.DatabaseError(f"{path}: {exc}") from None
-        self.checkpointer = Checkpointer([shard.path for shard in self.shards.values()],
-                                         config.storage_synchronous)
-        self.checkpointer.start()
+        self.background.start()
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -145,7 +147,7 @@ class Worker:
                 self.storage_error = failed[p]
                 continue
             self.dirty.add(p)
-            self.checkpointer.mark(self.shards[p].path)
+            self.background.mark(self.shards[p].path)
         if not failed and self.storage_error is not None:
             log.info("commits succeed again")
             self.storage_error = None
@@ -318,7 +320,7 @@ class Worker:
             shard.idle()
 
     def close(self) -> None:
-        self.checkpointer.stop()
+        self.background.stop()  # its last jobs may be index saves: before the shards close
         for shard in self.shards.values():
             shard.close()
         self.router.close()
