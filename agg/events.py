@@ -257,6 +257,15 @@ def _event_struct(limits: Limits, payload_type: Any) -> Any:
                                        ("source", text), ("payload", payload_type)])
 
 
+def _is_date(text: str) -> bool:
+    """Whether ``YYYY-MM-DD`` (in the strict pattern's form) is a day of the calendar."""
+    try:
+        datetime.date(int(text[:4]), int(text[5:7]), int(text[8:10]))
+    except ValueError:
+        return False
+    return True
+
+
 def _fast_columns(items: Sequence[Any], payloads: List[bytes], max_payload: int) -> Optional[List[WireEvent]]:
     """The wire form of decoded ``items``, given their payloads as JSON, if they
     pass what the C pass did not check: blank strings, the timestamp's form and
@@ -275,7 +284,7 @@ def _fast_columns(items: Sequence[Any], payloads: List[bytes], max_payload: int)
                        map(bytes.count, payloads, repeat(b"["))), default=0) > MAX_PAYLOAD_DEPTH
             or not all(map(_STRICT_MATCH, stamps))
             or (max(map(_DAY, stamps), default="") > "28"
-                and any(check_timestamp(t) for t in stamps if t[8:10] > "28"))):
+                and not all(map(_is_date, {t[:10] for t in stamps if t[8:10] > "28"})))):
         return None
     return list(zip(topics, ids, stamps, sources, payloads))
 
