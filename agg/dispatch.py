@@ -279,9 +279,15 @@ class WorkerPool:
             if held + count > self.max_inflight and held:
                 raise Overloaded(f"{peer.name} has {held} events in flight")
         workers_used = list(groups)
-        results = await asyncio.gather(
-            *(self.peers[w].submit(groups[w][1], groups[w][2], self.timeout) for w in workers_used),
-            return_exceptions=True)
+        futures = [self.peers[w].submit(groups[w][1], groups[w][2], self.timeout) for w in workers_used]
+        results: List[Any]
+        if len(futures) == 1:  # one event, or one worker's: no gather to build and tear down
+            try:
+                results = [await futures[0]]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, PeerError) and result.code == protocol.ERR_INTERNAL:
