@@ -11,10 +11,13 @@ append to the WAL while it is copied), and sqlite3 and file writes release the
 GIL, so the worker keeps committing meanwhile.
 
 Each round (every ``INTERVAL_S``) runs the jobs handed in, in order, then
-checkpoints the shards that committed since the previous round, so that the
-WAL holds a fraction of a second of commits and SQLite can start it over from
-the top at the next commit. The shards keep ``wal_autocheckpoint`` as a
-backstop, should this thread fall behind.
+checkpoints the shards that committed since the previous round, so that at
+most a fraction of a second of commits waits to be copied. SQLite starts the
+WAL over from the top only when a writer begins with every frame copied:
+between groups it does, but under steady writes the WAL file can grow until
+the shards' ``wal_autocheckpoint`` (the backstop) runs, which then finds
+nearly everything copied already and is quick (traced: 5-18 ms per round's
+checkpoint at 65k events/s).
 
 A failed checkpoint is logged once (and once more when checkpoints work
 again); it costs only a larger WAL, never an acknowledged event.

@@ -109,8 +109,9 @@ class Shard:
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
         self.db.execute("PRAGMA temp_store=MEMORY")
-        # The worker's background thread keeps the WAL short, off the commit path;
-        # a checkpoint by a commit (100-300 ms at 16000 pages) is only the backstop.
+        # The worker's background thread copies the WAL back, off the commit path; a
+        # checkpoint by a commit is the backstop (100-300 ms at 16000 pages if it had
+        # to copy it all, quick when the thread has copied nearly everything).
         self.db.execute(f"PRAGMA wal_autocheckpoint={wal_autocheckpoint}")
         with self.transaction():
             for statement in SCHEMA.split(";"):
