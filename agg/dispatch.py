@@ -262,24 +262,20 @@ class WorkerPool:
                 group = by_partition[p] = ([], [])
             group[0].append(position)
             group[1].append(event)
-        # worker -> (positions of its events in the order sent, [(partition, events)], count)
-        groups: Dict[int, Tuple[List[int], List[Tuple[int, List[WireEvent]]], int]] = {}
+        # worker -> (positions of its events in the order sent, [(partition, events)])
+        groups: Dict[int, Tuple[List[int], List[Tuple[int, List[WireEvent]]]]] = {}
         workers = len(self.peers)
         for p, (positions, part) in by_partition.items():
-            w = owner_of(p, workers)
-            if w not in groups:
-                groups[w] = ([], [], 0)
-            order, parts, count = groups[w]
+            order, parts = groups.setdefault(owner_of(p, workers), ([], []))
             order.extend(positions)
             parts.append((p, part))
-            groups[w] = (order, parts, count + len(part))
-        for w, (_order, _parts, count) in groups.items():
+        for w, (order, _parts) in groups.items():
             peer = self.peers[w]
             held = peer.inflight_events + peer.outbox_events
-            if held + count > self.max_inflight and held:
+            if held + len(order) > self.max_inflight and held:
                 raise Overloaded(f"{peer.name} has {held} events in flight")
         workers_used = list(groups)
-        futures = [self.peers[w].submit(groups[w][1], groups[w][2], self.timeout) for w in workers_used]
+        futures = [self.peers[w].submit(groups[w][1], len(groups[w][0]), self.timeout) for w in workers_used]
         results: List[Any]
         if len(futures) == 1:  # one event, or one worker's: no gather to build and tear down
             try:

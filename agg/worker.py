@@ -84,11 +84,10 @@ class Worker:
         # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
         self.heartbeat = lifecycle.Heartbeat(config)
         # Checkpoints and key index saves, off the commit path (see agg.background).
-        self.background = Background([shard_path(config.data_dir, p) for p in self.partitions],
-                                     config.storage_synchronous)
+        paths = [shard_path(config.data_dir, p) for p in self.partitions]
+        self.background = Background(paths, config.storage_synchronous)
         self.shards: Dict[int, Shard] = {}
-        for n, p in enumerate(self.partitions):
-            path = shard_path(config.data_dir, p)
+        for n, (p, path) in enumerate(zip(self.partitions, paths)):
             try:
                 self.shards[p] = Shard(path, config.storage_synchronous, config.storage_cache_mib,
                                        staggered(config.storage_wal_autocheckpoint, n, len(self.partitions)),
