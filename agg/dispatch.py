@@ -143,10 +143,14 @@ class Peer:
             else:
                 future.set_exception(PeerError(*payload))
 
-    async def request(self, kind: bytes, data: Any, timeout: float, weight: int = 0) -> Any:
+    def stalled_error(self) -> Unavailable:
+        return Unavailable(f"{self.name} is stalled: it has not answered for over "
+                           f"{(self.stall_s or 0) * 1000:.0f} ms")
+
+    async def request(self, kind: bytes, data: Any, timeout: float) -> Any:
+        """Send one request (a query) and wait for its reply."""
         if self.stalled:
-            raise Unavailable(f"{self.name} is stalled: it has not answered for over "
-                              f"{(self.stall_s or 0) * 1000:.0f} ms") from None
+            raise self.stalled_error() from None
         req_id = next(self.ids)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -158,14 +162,12 @@ class Peer:
         except zmq.Again:
             raise Unavailable(f"{self.name} is not connected") from None
         self.pending[req_id] = future
-        self.inflight_events += weight
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise Unavailable(f"{self.name} did not answer within {timeout:g} s") from None
         finally:
             self.pending.pop(req_id, None)
-            self.inflight_events -= weight
 
     def submit(self, parts: List[Tuple[int, List[WireEvent]]], count: int,
                timeout: float) -> "asyncio.Future[bytes]":
@@ -177,28 +179,56 @@ class Peer:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self.outbox:
-            loop.call_soon(lambda: self.tasks.append(loop.create_task(self._flush(timeout))))
+            # Two turns of the loop, not one: the requests whose bodies uvicorn
+            # reads in the next turn join this message too (fewer, larger groups).
+            loop.call_soon(loop.call_soon, self._flush, timeout)
         self.outbox.append((parts, count, future))
         self.outbox_events += count
         return future
 
-    async def _flush(self, timeout: float) -> None:
-        self.tasks = [t for t in self.tasks if not t.done()]
+    def _flush(self, timeout: float) -> None:
+        """Send the outbox as one STORE. A plain callback, not a task: with one
+        event per HTTP request, a task, a coroutine and a ``wait_for`` per
+        message were a good part of the front's cost. The reply (or a failure)
+        resolves the message's future; ``_settle`` hands each waiter its part."""
         batches, self.outbox, count = self.outbox, [], self.outbox_events
         self.outbox_events = 0
-        parts = batches[0][0] if len(batches) == 1 else [part for b in batches for part in b[0]]
-        try:
-            statuses = await self.request(protocol.STORE, parts, timeout, count)
-        except Exception as exc:  # every waiter learns the batch's fate
-            for _parts, _count, future in batches:
-                if not future.done():
-                    future.set_exception(exc)
+        loop = asyncio.get_running_loop()
+        if self.stalled:
+            _settle(batches, exc=self.stalled_error())
             return
-        start = 0
-        for _parts, n, future in batches:
-            if not future.done():
-                future.set_result(statuses[start:start + n])
-            start += n
+        parts = batches[0][0] if len(batches) == 1 else [part for b in batches for part in b[0]]
+        req_id = next(self.ids)
+        # NOBLOCK: the send happens now or fails now, so the returned future is done.
+        sent: Any = self.sock.send_multipart(protocol.encode(protocol.STORE, [req_id, parts]),
+                                        flags=zmq.NOBLOCK)
+        failure = sent.exception()
+        if failure is not None:
+            _settle(batches, exc=Unavailable(f"{self.name} is not connected" if isinstance(
+                failure, zmq.Again) else f"cannot send to {self.name}: {failure}"))
+            return
+        if not self.pending:
+            self.last_heard = loop.time()  # the clock of silence starts with the first debt
+        reply = loop.create_future()
+        self.pending[req_id] = reply
+        self.inflight_events += count
+        timer = loop.call_later(timeout, self._time_out, req_id, reply, timeout)
+
+        def done(reply: asyncio.Future) -> None:
+            timer.cancel()
+            self.pending.pop(req_id, None)
+            self.inflight_events -= count
+            if reply.cancelled():
+                _settle(batches, exc=Unavailable(f"{self.name}: shutting down"))
+            elif reply.exception() is not None:
+                _settle(batches, exc=reply.exception())
+            else:
+                _settle(batches, statuses=reply.result())
+        reply.add_done_callback(done)
+
+    def _time_out(self, req_id: int, reply: asyncio.Future, timeout: float) -> None:
+        if not reply.done():
+            reply.set_exception(Unavailable(f"{self.name} did not answer within {timeout:g} s"))
 
     def close(self) -> None:
         for task in self.tasks:
@@ -209,6 +239,20 @@ class Peer:
         self.sock.disable_monitor()
         self.monitor.close()
         self.sock.close()
+
+
+def _settle(batches: List[Tuple[Any, int, asyncio.Future]], statuses: bytes = b"",
+            exc: Optional[BaseException] = None) -> None:
+    """Give each request of one STORE message its fate: its own slice of the
+    statuses, in the order the requests were queued, or the message's exception."""
+    start = 0
+    for _parts, n, future in batches:
+        if not future.done():
+            if exc is None:
+                future.set_result(statuses[start:start + n])
+            else:
+                future.set_exception(exc)
+        start += n
 
 
 def encode_cursor(position: Dict[int, int]) -> str:

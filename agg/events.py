@@ -318,16 +318,17 @@ class FastJsonDecoder:
         self.max_payload = limits.max_payload_bytes
 
     def decode(self, raw: bytes) -> Optional[List[WireEvent]]:
+        # The likely shape first: a failed decode raises, and an exception costs
+        # as much as decoding one event. A body without "events" is not a batch.
         try:
-            batch: Any = self.many.decode(raw)
-            if batch.topic is not None:
-                return None
-            items = batch.events
+            items = self._batch(raw) if b'"events"' in raw else [self.one.decode(raw)]
         except self.errors:
             try:
-                items = [self.one.decode(raw)]
+                items = [self.one.decode(raw)] if b'"events"' in raw else self._batch(raw)
             except self.errors:
                 return None
+        if items is None:
+            return None
         payloads = [bytes(e.payload) for e in items]
         for payload in compress(payloads, [not p.isascii() for p in payloads]):
             try:  # msgspec checks the syntax of a Raw value, not its UTF-8
@@ -335,6 +336,10 @@ class FastJsonDecoder:
             except UnicodeDecodeError:
                 return None
         return _fast_columns(items, payloads, self.max_payload)
+
+    def _batch(self, raw: bytes) -> Optional[List[Any]]:
+        batch: Any = self.many.decode(raw)
+        return None if batch.topic is not None else batch.events
 
 
 class FastMsgpackDecoder:

@@ -1,5 +1,6 @@
 """The HTTP contract, against a real running agg."""
 
+import asyncio
 import concurrent.futures
 import contextlib
 import http.client
@@ -49,6 +50,50 @@ def test_duplicates_within_a_batch_across_requests_and_topics(agg: AggSystem) ->
     stored = {(e["topic"], e["event_id"]) for e in events_of(agg)}
     assert stored == {("user.created", "x"), ("user.created", "y"), ("order.placed", "x")}
     assert [e["event_id"] for e in events_of(agg, "?topic=order.placed")] == ["x"]
+
+
+def post_all_at_once(url: str, bodies: list) -> list:
+    """POST every body on its own connection, all written before any answer is
+    read. The answers, in order."""
+    host, port = url.split("//")[1].rsplit(":", 1)
+
+    async def run() -> list:
+        conns = [await asyncio.open_connection(host, int(port)) for _ in bodies]
+        for (_reader, writer), body in zip(conns, bodies):
+            raw = json.dumps(body).encode()
+            writer.write(b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+        answers = []
+        for reader, writer in conns:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            answers.append((head.split(b" ")[1], json.loads(await reader.readexactly(length))))
+            writer.close()
+        return answers
+    return asyncio.run(run())
+
+
+def test_requests_answered_together_each_get_their_own_statuses(agg: AggSystem) -> None:
+    """Requests in flight together, over several partitions and both workers,
+    are each told about their own events: new ones stored, resent ones
+    duplicates. (How one message's answer is shared out: test_dispatch.)"""
+    agg.post("/publish", {"events": [make_event(event_id=f"old-{i}") for i in range(40)]})
+    bodies: list = []
+    expected = []
+    for i in range(40):
+        if i % 4 == 0:  # a batch: 2 resent, i % 3 + 1 new, over two topics
+            new = [make_event(topic=f"t{j % 2}", event_id=f"new-{i}-{j}") for j in range(i % 3 + 1)]
+            bodies.append({"events": [make_event(event_id=f"old-{i}"), *new, make_event(event_id=f"old-{i + 1}")]})
+            expected.append((len(new), 2))
+        elif i % 2:
+            bodies.append(make_event(event_id=f"old-{i}"))
+            expected.append((0, 1))
+        else:
+            bodies.append(make_event(topic=f"t{i % 3}", event_id=f"new-{i}"))
+            expected.append((1, 0))
+    answers = post_all_at_once(agg.url, bodies)
+    assert [code for code, _ in answers] == [b"200"] * len(bodies)
+    assert [(a["stored"], a["duplicates"]) for _, a in answers] == expected
 
 
 @pytest.mark.parametrize("body, field", [
