@@ -184,12 +184,7 @@ async def _run(config: configmod.Config, stop: lifecycle.StopFlag) -> int:
 
 def run(config: configmod.Config) -> int:
     stop = lifecycle.StopFlag()
-    try:
-        import uvloop  # the front's loop too (uvicorn picks it): less overhead per message
-    except ImportError:
-        status = asyncio.run(_run(config, stop))
-    else:
-        status = uvloop.run(_run(config, stop))
+    status = lifecycle.run_loop(_run(config, stop))
     log.info("stopped")
     return status
 
