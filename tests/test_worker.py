@@ -10,12 +10,14 @@ path refuses.
 from __future__ import annotations
 
 import itertools
+import subprocess
 from typing import Any, List, Tuple
 
+import pytest
 import zmq
 
 from agg import protocol
-from agg.partition import partition_of, partitions_of_worker
+from agg.partition import partition_of, partitions_of_worker, shard_path
 
 PARTITIONS = 8
 WORKERS = 2
@@ -83,6 +85,32 @@ def test_worker_stores_its_own_and_refuses_what_is_not(agg_factory) -> None:
     agg.wait_stats(received=5, unique=3, duplicates=2)
     status, _, body = agg.get(f"/events?topic={topic}")
     assert status == 200 and [e["event_id"] for e in body["events"]] == ["a", "h"]
+
+
+def test_a_failing_shard_fails_only_the_requests_that_touch_it(agg_factory) -> None:
+    """One shard's failed commit fails exactly the batches with events in it;
+    the group's other shards commit, and their batches are answered OK."""
+    agg = agg_factory(partitions=PARTITIONS, workers=WORKERS)
+    good, bad, other = partitions_of_worker(0, PARTITIONS, WORKERS)[:3]
+    client = WorkerClient(agg.endpoints["workers"][0])
+    try:
+        ok, _ = client.send([event(p, topic_in(p), "warm") for p in (good, bad, other)])
+        assert ok
+        # The immutable flag refuses writes even to root, even on open files (see test_disk).
+        path = shard_path(agg.data_dir, bad)
+        if subprocess.run(["chattr", "+i", path, path + "-wal"], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        try:
+            ok, statuses = client.send([event(good, topic_in(good), "a"), event(other, topic_in(other), "b")])
+            assert ok and list(statuses) == [protocol.STORED, protocol.STORED]
+            ok, payload = client.send([event(good, topic_in(good), "c"), event(bad, topic_in(bad), "d")])
+            assert not ok and payload[0] == protocol.ERR_INTERNAL and f"partition {bad}" in payload[1]
+        finally:
+            subprocess.run(["chattr", "-i", path, path + "-wal"], check=True)
+        ok, statuses = client.send([event(good, topic_in(good), "c"), event(bad, topic_in(bad), "d")])
+        assert ok and list(statuses) == [protocol.DUPLICATE, protocol.STORED]  # "c" was committed
+    finally:
+        client.close()
 
 
 def test_shards_of_a_worker_checkpoint_at_staggered_wal_sizes() -> None:
