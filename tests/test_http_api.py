@@ -96,6 +96,16 @@ def test_requests_answered_together_each_get_their_own_statuses(agg: AggSystem) 
     assert [(a["stored"], a["duplicates"]) for _, a in answers] == expected
 
 
+def test_stats_count_an_acknowledged_event_at_once(agg: AggSystem) -> None:
+    """A worker sends its counters before it answers, and the stats process
+    reads every snapshot waiting before it answers a query: /stats asked after
+    an acknowledgement counts that event, with no wait."""
+    for i in range(30):
+        assert agg.post("/publish", make_event(event_id=f"now-{i % 20}"))[0] == 200
+        stats = agg.stats()
+        assert stats["received"] == i + 1 and stats["duplicate_dropped"] == max(0, i + 1 - 20)
+
+
 @pytest.mark.parametrize("body, field", [
     ({"events": [make_event(), make_event(timestamp="2025-10-21T14:30:00")]}, "timestamp"),
     ({"events": [make_event(), make_event(payload="text")]}, "payload"),
