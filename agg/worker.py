@@ -1,7 +1,9 @@
 """Dedup worker: owns some partitions, their shards, and their counters.
 
 Binds:     ROUTER at ``endpoints.worker`` (its index filled in); the front and
-           the ingest connect DEALERs and send STORE and QUERY requests.
+           the ingest connect DEALERs and send STORE and QUERY requests. A
+           BATCH, the flat form that fronts and ingests sent before STORE, is
+           still taken, so that workers can be upgraded before them.
 Connects:  PUB to ``endpoints.stats_in``, where it sends its counter snapshot
            (topic ``ctr.worker.N``) after each commit, at most every
            ``stats.publish_interval_s``, and at least every ``stats.heartbeat_s``.
@@ -47,6 +49,16 @@ Pending = Tuple[bytes, Any, Parts]
 # A STORE body as the front and the ingest send it, type-checked in C. Anything
 # else goes to Worker.check_batch, which says what is wrong.
 STORE_BODY = msgspec.msgpack.Decoder(Tuple[Any, List[Tuple[int, List[Tuple[str, str, str, str, bytes]]]]])
+
+
+def legacy_parts(events: Any) -> List[Any]:
+    """The parts of a BATCH body from before STORE, ``[[partition, topic,
+    event_id, timestamp, source, payload], ...]``: one part per event, so that
+    the statuses come back in the events' order (the group joins parts of one
+    partition anyway)."""
+    if not isinstance(events, list) or not all(isinstance(ev, list) and ev for ev in events):
+        raise protocol.ProtocolError(protocol.ERR_INVALID, "a BATCH body must be a list of events")
+    return [[ev[0], [ev[1:]]] for ev in events]
 
 
 class CommitClock:
@@ -249,9 +261,10 @@ class Worker:
                 if not isinstance(body, list) or len(body) != 2:
                     raise protocol.ProtocolError(protocol.ERR_INVALID, "body must be [req_id, data]")
                 req_id, data = body
-                if kind == protocol.STORE:
-                    batches.append((rid, req_id, self.check_batch(data)))
-                    count += sum(len(events) for _p, events in data)
+                if kind in (protocol.STORE, protocol.BATCH):
+                    parts = self.check_batch(data if kind == protocol.STORE else legacy_parts(data))
+                    batches.append((rid, req_id, parts))
+                    count += sum(len(events) for _p, events in parts)
                 elif kind == protocol.QUERY:
                     queries.append((rid, req_id, data))
                 else:

@@ -87,6 +87,38 @@ def test_worker_stores_its_own_and_refuses_what_is_not(agg_factory) -> None:
     assert status == 200 and [e["event_id"] for e in body["events"]] == ["a", "h"]
 
 
+def test_a_batch_in_the_form_before_store_is_still_taken(agg_factory) -> None:
+    """A front or ingest of an earlier agg sends a flat BATCH of
+    [partition, topic, event_id, timestamp, source, payload] events: a worker
+    upgraded first still stores it, answering statuses in the events' order."""
+    agg = agg_factory(partitions=PARTITIONS, workers=WORKERS)
+    first, second = partitions_of_worker(0, PARTITIONS, WORKERS)[:2]
+    theirs = partitions_of_worker(1, PARTITIONS, WORKERS)[0]
+    client = WorkerClient(agg.endpoints["workers"][0])
+
+    def send_batch(body: Any) -> Tuple[bool, Any]:
+        client.sock.send_multipart(protocol.encode(protocol.BATCH, [7, body]))
+        assert client.sock.poll(10_000), "the worker did not answer"
+        answer_id, ok, payload = protocol.split_reply(*protocol.decode(client.sock.recv_multipart()))
+        assert answer_id == 7
+        return ok, payload
+    try:
+        one, two = topic_in(first), topic_in(second)
+        ok, statuses = send_batch([event(first, one, "a"), event(second, two, "b"), event(first, one, "a"),
+                                   event(second, two, "c"), event(first, one, "d")])
+        assert ok and list(statuses) == [1, 1, 0, 1, 1]
+        ok, statuses = send_batch([event(second, two, "c"), event(first, one, "e")])
+        assert ok and list(statuses) == [0, 1]
+        ok, payload = send_batch([event(theirs, topic_in(theirs), "f")])
+        assert not ok and "not in partition" in payload[1]
+        for malformed in ("events", [[]], [event(first, one, "g")[:5]]):
+            ok, payload = send_batch(malformed)
+            assert not ok and payload[0] == protocol.ERR_INVALID
+    finally:
+        client.close()
+    agg.wait_stats(received=7, unique=5, duplicates=2)
+
+
 def test_a_failing_shard_fails_only_the_requests_that_touch_it(agg_factory) -> None:
     """One shard's failed commit fails exactly the batches with events in it;
     the group's other shards commit, and their batches are answered OK."""
