@@ -200,8 +200,8 @@ class Peer:
         parts = batches[0][0] if len(batches) == 1 else [part for b in batches for part in b[0]]
         req_id = next(self.ids)
         # NOBLOCK: the send happens now or fails now, so the returned future is done.
-        sent: Any = self.sock.send_multipart(protocol.encode(protocol.STORE, [req_id, parts]),
-                                        flags=zmq.NOBLOCK)
+        message = protocol.encode(protocol.STORE, [req_id, parts])
+        sent: Any = self.sock.send_multipart(message, flags=zmq.NOBLOCK)
         failure = sent.exception()
         if failure is not None:
             _settle(batches, exc=Unavailable(f"{self.name} is not connected" if isinstance(

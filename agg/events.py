@@ -318,8 +318,9 @@ class FastJsonDecoder:
         self.max_payload = limits.max_payload_bytes
 
     def decode(self, raw: bytes) -> Optional[List[WireEvent]]:
-        # The likely shape first: a failed decode raises, and an exception costs
-        # as much as decoding one event. A body without "events" is not a batch.
+        # The likely shape first: a failed decode raises, which costs twice a
+        # successful decode of one event. A body without "events" is not a batch
+        # (unless it spells the key with escapes, which the second try catches).
         try:
             items = self._batch(raw) if b'"events"' in raw else [self.one.decode(raw)]
         except self.errors:
