@@ -35,7 +35,7 @@ from . import config as configmod
 from . import lifecycle, metrics, openapi, protocol
 from .dispatch import (Overloaded, Peer, PeerError, Unavailable, WorkerPool, decode_cursor,
                        encode_cursor)
-from .reporter import RejectReporter
+from .edgereport import EdgeReporter
 from .events import (FastJsonDecoder, InvalidEvents, Limits, WireEvent, events_of_body,
                      validate_batch)
 
@@ -114,7 +114,7 @@ class Backends:
         self.pool.start()
         self.stats = Peer(self.ctx, self.config.endpoint("stats"), "stats")
         self.stats.start()
-        self.reporter = RejectReporter(self.ctx, self.config, "front")
+        self.reporter = EdgeReporter(self.ctx, self.config, "front", self.pool.inflight)
 
     async def process_shutdown(self, scope: Any, event: Any) -> None:
         self.reporter.close()
@@ -301,9 +301,7 @@ class Stats:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         self.auth.check(req, self.backends)
-        summary = await self.backends.ask_stats()
-        summary["inflight_events"] = self.backends.pool.inflight()
-        json_response(resp, summary)
+        json_response(resp, await self.backends.ask_stats())
 
 
 class Metrics:

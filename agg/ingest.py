@@ -35,7 +35,7 @@ from . import config as configmod
 from . import lifecycle, protocol
 from .dispatch import Overloaded, Unavailable, WorkerPool
 from .events import FastMsgpackDecoder, InvalidEvents, Limits, WireEvent, validate_batch
-from .reporter import RejectReporter
+from .edgereport import EdgeReporter
 
 log = logging.getLogger("agg.ingest")
 
@@ -81,7 +81,7 @@ class Ingest:
         self.router.bind(config.ingest_endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pool = WorkerPool(self.ctx, config)
-        self.reporter = RejectReporter(self.ctx, config, "ingest")
+        self.reporter = EdgeReporter(self.ctx, config, "ingest", self.pool.inflight)
         self.tasks: Set[asyncio.Task] = set()
 
     async def reply(self, rid: bytes, frames: List[bytes]) -> None:

@@ -87,6 +87,9 @@ def spec(config: Any) -> Dict[str, Any]:
                     "received": {"type": "integer"}, "unique_processed": {"type": "integer"},
                     "duplicate_dropped": {"type": "integer"},
                     "topics": {"type": "array", "items": {"type": "string"}},
+                    "inflight_events": {"type": "array", "items": {"type": "integer"},
+                                        "description": "per worker: events sent to it by the "
+                                                       "front and the ingest, not yet acknowledged"},
                     "uptime": {"type": "number"}}}, "Statistics"),
                     "401": unauthorized, "503": unavailable}}},
             "/health": {"get": {

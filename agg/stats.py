@@ -43,6 +43,9 @@ class Totals:
         self.workers: Dict[int, Dict[str, Any]] = {}
         # (role, pid) -> {reason: count}; kept after a front restarts: its rejects happened
         self.rejected: Dict[str, Dict[str, int]] = {}
+        # (role, pid) -> (when seen, events in flight per worker); counted while fresh only:
+        # what a dead edge had in flight is no longer queued anywhere.
+        self.inflight: Dict[str, Any] = {}
         self.restarts: Dict[str, int] = {}
         self.down: set = set()  # children the supervisor reports dead or not READY
         self.supervisor_seen: Optional[float] = None
@@ -59,7 +62,9 @@ class Totals:
                 if mine is None or snap[0] >= mine[0]:
                     self.partitions[p] = snap
         elif kind == protocol.FRONT and topic.startswith(protocol.TOPIC_FRONT):
-            self.rejected[f"{body['role']}.{body['pid']}"] = dict(body["rejected"])
+            edge = f"{body['role']}.{body['pid']}"
+            self.rejected[edge] = dict(body["rejected"])
+            self.inflight[edge] = (now, [int(n) for n in body.get("inflight", ())])
         elif kind == protocol.SUPER and topic == protocol.TOPIC_SUPER:
             self.restarts = dict(body["restarts"])
             self.down = set(body.get("down", ()))
@@ -82,6 +87,11 @@ class Totals:
         for reasons in self.rejected.values():
             for reason, count in reasons.items():
                 rejected[reason] = rejected.get(reason, 0) + count
+        inflight = [0] * self.expected_workers
+        for seen, counts in self.inflight.values():
+            if now - seen <= self.stale_after:
+                for index, n in enumerate(counts[:self.expected_workers]):
+                    inflight[index] += n
         workers = {}
         for index in range(self.expected_workers):
             info = self.workers.get(index)
@@ -110,6 +120,7 @@ class Totals:
                              for t, (r, u, d) in sorted(per_topic.items())},
             "workers": workers,
             "restarts": self.restarts,
+            "inflight_events": inflight,
             "uptime": round(time.time() - self.started, 3),
         }
 

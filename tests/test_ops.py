@@ -63,3 +63,40 @@ def test_agg_stats_watch_draws_live_frames_and_says_when_agg_is_down(agg: AggSys
     once = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
                            "--timeout", "0.2"], capture_output=True, text=True, timeout=30)
     assert once.returncode == 1 and "agg is not running" in once.stderr
+
+
+def test_queue_depth_reaches_agg_stats_over_zeromq_from_every_edge(agg_factory) -> None:
+    """Events sent to a worker and not yet acknowledged are counted per worker,
+    by the front and the ingest alike, in the stats process's answer (what
+    ``agg-stats --watch`` reads over ZeroMQ), and the count falls back to 0
+    once the worker answers."""
+    import concurrent.futures
+    import os
+    import signal
+
+    from agg.client import Publisher, query_stats
+    from agg.partition import partition_of
+    system: AggSystem = agg_factory(limits_stall_s=20, limits_ack_timeout_s=20)
+    topic = next(t for t in (f"t{i}" for i in range(1000)) if partition_of(t, 8) % 2 == 1)
+
+    def depth() -> list:
+        return query_stats(system.endpoints["stats"])["inflight_events"]
+    assert depth() == [0, 0]
+    pid = system.child_pid("worker.1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            over_http = pool.submit(system.post, "/publish",
+                                    {"events": [make_event(topic=topic, event_id=f"h{i}") for i in range(30)]})
+            with Publisher(system.ingest, batch_size=50, ack_timeout=30) as publisher:
+                native = pool.submit(publisher.publish,
+                                     [make_event(topic=topic, event_id=f"z{i}") for i in range(50)])
+                wait_until(lambda: depth() == [0, 80], message="30 + 50 events in flight to worker 1")
+                os.kill(pid, signal.SIGCONT)
+                assert over_http.result(timeout=30)[0] == 200
+                assert native.result(timeout=30).acknowledged == 50
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: depth() == [0, 0], message="nothing in flight once worker 1 answered")
+    status, _, body = system.get("/stats")
+    assert status == 200 and body["inflight_events"] == [0, 0]

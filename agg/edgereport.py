@@ -1,12 +1,16 @@
-"""Counts what an edge process (front or ingest) rejected, and reports it.
+"""What an edge process (front or ingest) reports to the stats process.
 
-An edge refuses invalid input before it reaches a worker, so no shard counts
-it; this reporter keeps those counts by reason (``invalid_json``,
-``invalid_event``, ``too_large``, ...) and sends them as an absolute snapshot
-(topic ``ctr.front.PID``) to the stats process whenever they change, and at
-least every ``stats.heartbeat_s``. Its loop also sends the process's
-heartbeat to the supervisor (``lifecycle.Heartbeat``): it turns only while
-the event loop does.
+- What it rejected: an edge refuses invalid input before it reaches a
+  worker, so no shard counts it. Counts by reason (``invalid_json``,
+  ``invalid_event``, ``too_large``, ...).
+- Its queue depth: the events it has sent to each worker and not yet seen
+  acknowledged, so that ``agg-stats --watch`` over ZeroMQ shows the sum of
+  every edge's, as ``GET /stats`` does.
+
+Both go as one absolute snapshot (topic ``ctr.front.PID``) whenever either
+changes (looked at every 0.1 s), and at least every ``stats.heartbeat_s``.
+Its loop also sends the process's heartbeat to the supervisor
+(``lifecycle.Heartbeat``): it turns only while the event loop does.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List
 
 import zmq
 import zmq.asyncio
@@ -22,11 +26,14 @@ import zmq.asyncio
 from . import lifecycle, protocol
 
 
-class RejectReporter:
-    def __init__(self, ctx: zmq.asyncio.Context, config: Any, role: str) -> None:
+class EdgeReporter:
+    def __init__(self, ctx: zmq.asyncio.Context, config: Any, role: str,
+                 inflight: Callable[[], List[int]]) -> None:
         self.role = role
         self.interval = config.stats_heartbeat_s
         self.rejected: Dict[str, int] = {}
+        self.inflight = inflight
+        self.sent_inflight: List[int] = []
         self.changed = False
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 500)
@@ -41,8 +48,10 @@ class RejectReporter:
 
     def send(self) -> None:
         topic = protocol.TOPIC_FRONT + str(os.getpid()).encode()
+        self.sent_inflight = self.inflight()
         self.pub.send_multipart([topic] + protocol.encode(protocol.FRONT, {
-            "pid": os.getpid(), "role": self.role, "rejected": self.rejected, "time": time.time()}))
+            "pid": os.getpid(), "role": self.role, "rejected": self.rejected,
+            "inflight": self.sent_inflight, "time": time.time()}))
         self.changed = False
 
     async def _loop(self) -> None:
@@ -51,7 +60,7 @@ class RejectReporter:
             await asyncio.sleep(min(self.interval, 0.1))
             self.heartbeat.beat()
             now = time.monotonic()
-            if self.changed or now - last >= self.interval:
+            if self.changed or self.inflight() != self.sent_inflight or now - last >= self.interval:
                 self.send()
                 last = now
 
