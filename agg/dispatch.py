@@ -147,21 +147,30 @@ class Peer:
         return Unavailable(f"{self.name} is stalled: it has not answered for over "
                            f"{(self.stall_s or 0) * 1000:.0f} ms")
 
+    def _send(self, kind: bytes, data: Any) -> Tuple[int, asyncio.Future]:
+        """Send one request now and register the future its reply will resolve:
+        (request id, future). Unavailable if no peer is connected; another
+        failure of the send is raised as it is."""
+        req_id = next(self.ids)
+        # NOBLOCK: the send happens now or fails now, so the returned future is done.
+        sent: Any = self.sock.send_multipart(protocol.encode(kind, [req_id, data]), flags=zmq.NOBLOCK)
+        failure = sent.exception()
+        if isinstance(failure, zmq.Again):
+            raise Unavailable(f"{self.name} is not connected")
+        if failure is not None:
+            raise failure
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            self.last_heard = loop.time()  # the clock of silence starts with the first debt
+        future = loop.create_future()
+        self.pending[req_id] = future
+        return req_id, future
+
     async def request(self, kind: bytes, data: Any, timeout: float) -> Any:
         """Send one request (a query) and wait for its reply."""
         if self.stalled:
             raise self.stalled_error() from None
-        req_id = next(self.ids)
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self.pending:
-            self.last_heard = loop.time()  # the clock of silence starts with the first debt
-        try:
-            await self.sock.send_multipart(protocol.encode(kind, [req_id, data]),
-                                           flags=zmq.NOBLOCK)
-        except zmq.Again:
-            raise Unavailable(f"{self.name} is not connected") from None
-        self.pending[req_id] = future
+        req_id, future = self._send(kind, data)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -193,26 +202,18 @@ class Peer:
         resolves the message's future; ``_settle`` hands each waiter its part."""
         batches, self.outbox, count = self.outbox, [], self.outbox_events
         self.outbox_events = 0
-        loop = asyncio.get_running_loop()
         if self.stalled:
             _settle(batches, exc=self.stalled_error())
             return
         parts = batches[0][0] if len(batches) == 1 else [part for b in batches for part in b[0]]
-        req_id = next(self.ids)
-        # NOBLOCK: the send happens now or fails now, so the returned future is done.
-        message = protocol.encode(protocol.STORE, [req_id, parts])
-        sent: Any = self.sock.send_multipart(message, flags=zmq.NOBLOCK)
-        failure = sent.exception()
-        if failure is not None:
-            _settle(batches, exc=Unavailable(f"{self.name} is not connected" if isinstance(
-                failure, zmq.Again) else f"cannot send to {self.name}: {failure}"))
+        try:
+            req_id, reply = self._send(protocol.STORE, parts)
+        except Exception as exc:  # every request of the message learns why it was not sent
+            _settle(batches, exc=exc if isinstance(exc, Unavailable)
+                    else Unavailable(f"cannot send to {self.name}: {exc}"))
             return
-        if not self.pending:
-            self.last_heard = loop.time()  # the clock of silence starts with the first debt
-        reply = loop.create_future()
-        self.pending[req_id] = reply
         self.inflight_events += count
-        timer = loop.call_later(timeout, self._time_out, req_id, reply, timeout)
+        timer = asyncio.get_running_loop().call_later(timeout, self._time_out, reply, timeout)
 
         def done(reply: asyncio.Future) -> None:
             timer.cancel()
@@ -226,7 +227,7 @@ class Peer:
                 _settle(batches, statuses=reply.result())
         reply.add_done_callback(done)
 
-    def _time_out(self, req_id: int, reply: asyncio.Future, timeout: float) -> None:
+    def _time_out(self, reply: asyncio.Future, timeout: float) -> None:
         if not reply.done():
             reply.set_exception(Unavailable(f"{self.name} did not answer within {timeout:g} s"))
 
