@@ -237,6 +237,29 @@ class Worker:
         merged.sort(key=lambda row: (row[7], row[0], row[1]))
         self.router.send_multipart([rid] + protocol.encode_ok(req_id, merged[:limit]))
 
+    def read_request(self, rid: bytes, rest: List[bytes],
+                     queries: List[Tuple[bytes, Any, Any]]) -> Optional[Pending]:
+        """One request off the socket: a batch to commit with this group (returned),
+        a query (put on ``queries``), or something wrong (answered ERR here)."""
+        if len(rest) == 3 and rest[0] == protocol.VERSION and rest[1] == protocol.STORE:
+            fast = self.batch_of(rest[2])
+            if fast is not None:
+                return rid, fast[0], fast[1]
+        req_id: Any = None
+        try:
+            kind, body = protocol.decode(rest)
+            if not isinstance(body, list) or len(body) != 2:
+                raise protocol.ProtocolError(protocol.ERR_INVALID, "body must be [req_id, data]")
+            req_id, data = body
+            if kind in (protocol.STORE, protocol.BATCH):
+                return rid, req_id, self.check_batch(data if kind == protocol.STORE else legacy_parts(data))
+            if kind != protocol.QUERY:
+                raise protocol.ProtocolError(protocol.ERR_INVALID, f"unknown kind {kind!r}")
+            queries.append((rid, req_id, data))
+        except protocol.ProtocolError as exc:
+            self.router.send_multipart([rid] + protocol.encode_err(req_id, exc.code, exc.reason))
+        return None
+
     def drain(self) -> None:
         """Read every waiting request, commit the batches as one group, answer all."""
         batches: List[Pending] = []
@@ -248,29 +271,10 @@ class Worker:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
-            rid, rest = frames[0], frames[1:]
-            if len(rest) == 3 and rest[0] == protocol.VERSION and rest[1] == protocol.STORE:
-                fast = self.batch_of(rest[2])
-                if fast is not None:
-                    batches.append((rid, fast[0], fast[1]))
-                    count += sum(len(events) for _p, events in fast[1])
-                    continue
-            req_id: Any = None
-            try:
-                kind, body = protocol.decode(rest)
-                if not isinstance(body, list) or len(body) != 2:
-                    raise protocol.ProtocolError(protocol.ERR_INVALID, "body must be [req_id, data]")
-                req_id, data = body
-                if kind in (protocol.STORE, protocol.BATCH):
-                    parts = self.check_batch(data if kind == protocol.STORE else legacy_parts(data))
-                    batches.append((rid, req_id, parts))
-                    count += sum(len(events) for _p, events in parts)
-                elif kind == protocol.QUERY:
-                    queries.append((rid, req_id, data))
-                else:
-                    raise protocol.ProtocolError(protocol.ERR_INVALID, f"unknown kind {kind!r}")
-            except protocol.ProtocolError as exc:
-                self.router.send_multipart([rid] + protocol.encode_err(req_id, exc.code, exc.reason))
+            pending = self.read_request(frames[0], frames[1:], queries)
+            if pending is not None:
+                batches.append(pending)
+                count += sum(len(events) for _p, events in pending[2])
         if batches:
             self.handle_batches(batches)
         for rid, req_id, data in queries:
