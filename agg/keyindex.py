@@ -29,7 +29,7 @@ import itertools
 import os
 import struct
 import zlib
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -87,6 +87,13 @@ def write(path: str, snapshot: Snapshot, covered: int, covered_key: int) -> None
         raise
 
 
+def _found_in(table: Dict[int, Any], wanted: List[int]) -> Iterator[Tuple[int, int]]:
+    """(position, hash) of each of ``wanted`` that is a key of ``table``: one set
+    intersection in C, and a pass in Python only if it found any."""
+    common = table.keys() & wanted if table else ()
+    return ((i, h) for i, h in enumerate(wanted) if h in common) if common else iter(())
+
+
 def narrow(seqs: np.ndarray) -> np.ndarray:
     """``seqs`` as 4-byte integers if they all fit, else as 8-byte ones."""
     if not len(seqs) or int(seqs.max()) <= UINT32_MAX:
@@ -113,12 +120,8 @@ class KeyIndex:
         the work is in C (set intersections, one searchsorted) but for the hits."""
         hits: Dict[int, List[int]] = {}
         wanted = hashes.tolist()
-        common = self.recent.keys() & wanted
-        if common:
-            recent = self.recent
-            for i, h in enumerate(wanted):
-                if h in common:
-                    hits[i] = [recent[h]]
+        for i, h in _found_in(self.recent, wanted):
+            hits[i] = [self.recent[h]]
         if len(self.hashes) and len(wanted) <= FEW:
             arr = self.hashes
             for i, h in enumerate(wanted):
@@ -129,11 +132,8 @@ class KeyIndex:
             at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
             for i in np.flatnonzero(self.hashes[at] == hashes).tolist():
                 hits[i] = [int(self.seqs[at[i]])]
-        common = self.overflow.keys() & wanted if self.overflow else ()
-        if common:
-            for i, h in enumerate(wanted):
-                if h in common:
-                    hits[i] = hits.get(i, []) + self.overflow[h]
+        for i, h in _found_in(self.overflow, wanted):
+            hits[i] = hits.get(i, []) + self.overflow[h]
         return hits
 
     def add(self, fresh: Iterable[Tuple[int, int]], collided: Iterable[Tuple[int, int]] = ()) -> None:
@@ -206,11 +206,6 @@ class KeyIndex:
         extra = np.array([(h, s) for h, seqs in self.overflow.items() for s in seqs],
                          dtype=np.int64).reshape(-1, 2)
         return self.hashes, self.seqs, extra
-
-    def save(self, path: str, covered: int, covered_key: int) -> None:
-        """Write the index, which holds every row up to seq ``covered`` (whose key
-        hashes to ``covered_key``), to ``path`` atomically."""
-        write(path, self.snapshot(), covered, covered_key)
 
     @classmethod
     def load(cls, path: str) -> Optional[Tuple["KeyIndex", int, int]]:

@@ -188,7 +188,7 @@ def test_index_seqs_widen_past_four_bytes_and_survive_the_file(tmp_path) -> None
     index.merge()
     assert index.seqs.dtype.itemsize == 8
     path = str(tmp_path / "k")
-    index.save(path, 2**40, 123)
+    keyindex.write(path, index.snapshot(), 2**40, 123)
     loaded, covered, covered_key = keyindex.KeyIndex.load(path)
     assert (covered, covered_key) == (2**40, 123)
     assert loaded.candidates(np.array([5, -9, 11, 6])) == {0: [7, 2**40], 1: [2**32 - 1], 2: [2**32 + 5]}
