@@ -15,6 +15,9 @@ Requests (publisher -> ingest, front/ingest -> worker or stats)::
     BATCH   b"B"  [req_id, [event_map, ...]]            (native publishers, see agg.ingest)
     STORE   b"W"  [req_id, [[partition, [[topic, event_id, timestamp, source, payload_json],
                   ...]], ...]]                          (to a worker: events by partition)
+                  A worker also takes the BATCH that fronts and ingests sent it before
+                  STORE: [req_id, [[partition, topic, event_id, timestamp, source,
+                  payload_json], ...]].
     QUERY   b"Q"  [req_id, {"topic": str|None, "after": {partition: seq}, "limit": int}]
     STATS   b"S"  [req_id, {}]                          (to the stats process)
 
