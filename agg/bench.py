@@ -114,6 +114,19 @@ class Pacer:
         return self.wait()
 
 
+def publish_request(body: bytes) -> bytes:
+    """A keep-alive ``POST /publish`` of the JSON ``body``."""
+    return (b"POST /publish HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+async def read_response(reader: asyncio.StreamReader) -> Tuple[bytes, bytes]:
+    """The head and the body of one HTTP/1.1 response (agg's have a Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    return head, await reader.readexactly(length)
+
+
 async def _http_load(host: str, port: int, bodies: Iterator[Tuple[int, bytes]], concurrency: int,
                      rate: float, deadline: float, out: List[Tuple[float, float, int]]) -> None:
     """Keep-alive HTTP/1.1 connections, each sending one request at a time."""
@@ -130,11 +143,8 @@ async def _http_load(host: str, port: int, bodies: Iterator[Tuple[int, bytes]], 
                     await asyncio.sleep(wait)
                 sent = time.monotonic()
                 while True:
-                    writer.write(b"POST /publish HTTP/1.1\r\nHost: bench\r\nContent-Type: "
-                                 b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    await reader.readexactly(length)
+                    writer.write(publish_request(body))
+                    head, _answer = await read_response(reader)
                     if head.startswith(b"HTTP/1.1 200"):
                         break
                     if not head.startswith(b"HTTP/1.1 503"):

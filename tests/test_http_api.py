@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from agg.bench import publish_request, read_response
 from conftest import AggSystem, http_request, make_event, wait_until
 
 
@@ -60,14 +61,11 @@ def post_all_at_once(url: str, bodies: list) -> list:
     async def run() -> list:
         conns = [await asyncio.open_connection(host, int(port)) for _ in bodies]
         for (_reader, writer), body in zip(conns, bodies):
-            raw = json.dumps(body).encode()
-            writer.write(b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+            writer.write(publish_request(json.dumps(body).encode()))
         answers = []
         for reader, writer in conns:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            answers.append((head.split(b" ")[1], json.loads(await reader.readexactly(length))))
+            head, answer = await read_response(reader)
+            answers.append((head.split(b" ")[1], json.loads(answer)))
             writer.close()
         return answers
     return asyncio.run(run())
