@@ -38,9 +38,12 @@ class WorkerClient:
     def send(self, events: List[Any]) -> Tuple[bool, Any]:
         """Send ``events`` ([partition, event...] each) as a STORE, each event in
         a part of its own (the worker joins the parts of one partition)."""
+        return self.request(protocol.STORE, [[ev[0], [ev[1:]]] for ev in events])
+
+    def request(self, kind: bytes, body: Any) -> Tuple[bool, Any]:
+        """Send one request of ``kind``; (ok, payload) of its answer."""
         req_id = next(self.ids)
-        parts = [[ev[0], [ev[1:]]] for ev in events]
-        self.sock.send_multipart(protocol.encode(protocol.STORE, [req_id, parts]))
+        self.sock.send_multipart(protocol.encode(kind, [req_id, body]))
         assert self.sock.poll(10_000), "the worker did not answer"
         answer_id, ok, payload = protocol.split_reply(*protocol.decode(self.sock.recv_multipart()))
         assert answer_id == req_id
@@ -97,11 +100,7 @@ def test_a_batch_in_the_form_before_store_is_still_taken(agg_factory) -> None:
     client = WorkerClient(agg.endpoints["workers"][0])
 
     def send_batch(body: Any) -> Tuple[bool, Any]:
-        client.sock.send_multipart(protocol.encode(protocol.BATCH, [7, body]))
-        assert client.sock.poll(10_000), "the worker did not answer"
-        answer_id, ok, payload = protocol.split_reply(*protocol.decode(client.sock.recv_multipart()))
-        assert answer_id == 7
-        return ok, payload
+        return client.request(protocol.BATCH, body)
     try:
         one, two = topic_in(first), topic_in(second)
         ok, statuses = send_batch([event(first, one, "a"), event(second, two, "b"), event(first, one, "a"),
