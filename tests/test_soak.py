@@ -41,7 +41,10 @@ def test_random_sigkills_lose_nothing_acknowledged(agg_factory) -> None:
 
     def killer() -> None:
         # The random fault schedule: pauses between kills are the point here, not a wait.
-        while not stop.wait(rng.uniform(0.2, 0.8)):
+        # It kills for the soak period only; then agg is left alone, so that the
+        # publishers finish their round against a system that stays up.
+        until = time.monotonic() + SOAK_SECONDS
+        while not stop.wait(rng.uniform(0.2, 0.8)) and time.monotonic() < until:
             children = system.current_children()
             if not children:
                 continue
