@@ -9,10 +9,10 @@ An event is a mapping with five fields::
     payload    an object (JSON object / msgpack map with string keys), at most
                limits.max_payload_bytes once encoded as JSON
 
-Other fields are ignored. ``validate_batch`` returns each event as a tuple
-``(topic, event_id, timestamp, source, payload_json)`` ready for the wire, or
-raises ``InvalidEvents`` listing every problem (index, field, reason), so that
-a request is refused whole and the publisher learns all that is wrong at once.
+Other fields are ignored. ``validate_batch`` returns each event as a
+``protocol.Event`` (its payload as JSON text) ready for the wire, or raises
+``InvalidEvents`` listing every problem (index, field, reason), so that a
+request is refused whole and the publisher learns all that is wrong at once.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ import math
 import re
 from itertools import compress, repeat
 from operator import add, itemgetter
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-try:
-    from typing import Annotated
-except ImportError:  # Python 3.8
-    from typing_extensions import Annotated  # type: ignore[assignment]
-
+import msgspec
 import orjson
 
+from .config import Config
+from .protocol import Event
+
 FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
-STRING_FIELDS = ("topic", "event_id", "source")
 
 # Deepest nesting of objects and arrays in a payload. Beyond sanity, and below
 # what every JSON library here can write back (orjson stops at 254).
@@ -54,8 +52,6 @@ _STRICT_TIMESTAMP = (
     r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]"
     r"(?::[0-5][0-9](?:[.,][0-9]{1,9})?)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])\Z")
 
-WireEvent = Tuple[str, str, str, str, bytes]
-
 _STRICT_MATCH = re.compile(_STRICT_TIMESTAMP).match
 _DAY = itemgetter(slice(8, 10))  # the day of a timestamp that matched _STRICT_TIMESTAMP
 
@@ -66,9 +62,9 @@ class Limits(NamedTuple):
     max_batch_events: int = 10000
 
     @classmethod
-    def from_config(cls, config: Any) -> "Limits":
-        return cls(config.limits_max_field_chars, config.limits_max_payload_bytes,
-                   config.limits_max_batch_events)
+    def from_config(cls, config: Config) -> "Limits":
+        return cls(config.limits.max_field_chars, config.limits.max_payload_bytes,
+                   config.limits.max_batch_events)
 
 
 class EventError(NamedTuple):
@@ -175,7 +171,7 @@ def _type_name(value: Any) -> str:
 
 
 def validate_event(event: Any, limits: Limits, index: Optional[int],
-                   errors: List[EventError]) -> Optional[WireEvent]:
+                   errors: List[EventError]) -> Optional[Event]:
     """Validate one event; append its problems to ``errors``; return its wire form."""
     if not isinstance(event, dict):
         errors.append(EventError(index, None, f"an event must be an object, got {_type_name(event)}"))
@@ -225,10 +221,10 @@ def validate_event(event: Any, limits: Limits, index: Optional[int],
                     f"must be at most {limits.max_payload_bytes} bytes as JSON, got {len(payload_json)}"))
     if len(errors) > start:
         return None
-    return (topic, event_id, timestamp, source, payload_json)
+    return Event(topic, event_id, timestamp, source, payload_json)
 
 
-def validate_batch(items: Sequence[Any], limits: Limits, single: bool = False) -> List[WireEvent]:
+def validate_batch(items: Sequence[Any], limits: Limits, single: bool = False) -> List[Event]:
     """Validate every event of a request; raise InvalidEvents naming each problem."""
     if len(items) > limits.max_batch_events:
         raise InvalidEvents([EventError(None, "events", f"a batch holds at most "
@@ -236,7 +232,7 @@ def validate_batch(items: Sequence[Any], limits: Limits, single: bool = False) -
     if not items:
         raise InvalidEvents([EventError(None, "events", "the batch is empty")])
     errors: List[EventError] = []
-    out: List[WireEvent] = []
+    out: List[Event] = []
     for index, item in enumerate(items):
         wire = validate_event(item, limits, None if single else index, errors)
         if wire is not None:
@@ -247,8 +243,6 @@ def validate_batch(items: Sequence[Any], limits: Limits, single: bool = False) -
 
 
 def _event_struct(limits: Limits, payload_type: Any) -> Any:
-    import msgspec
-
     text = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_field_chars)]
     # The timestamp's pattern is checked after, in _fast_columns: msgspec's own pattern
     # check cost 0.8 us per event, more than half of the whole decode (re, called per value).
@@ -270,7 +264,7 @@ def _is_date(text: str) -> bool:
     return True
 
 
-def _fast_columns(items: Sequence[Any], payloads: List[bytes], max_payload: int) -> Optional[List[WireEvent]]:
+def _fast_columns(items: Sequence[Any], payloads: List[bytes], max_payload: int) -> Optional[List[Event]]:
     """The wire form of decoded ``items``, given their payloads as JSON, if they
     pass what the C pass did not check: blank strings, the timestamp's form and
     a day past the month's end, each payload an object of at most ``max_payload`` bytes and shallow
@@ -290,7 +284,7 @@ def _fast_columns(items: Sequence[Any], payloads: List[bytes], max_payload: int)
             or (max(map(_DAY, stamps), default="") > "28"
                 and not all(map(_is_date, {t[:10] for t in stamps if t[8:10] > "28"})))):
         return None
-    return list(zip(topics, ids, stamps, sources, payloads))
+    return list(map(Event, topics, ids, stamps, sources, payloads))
 
 
 class FastJsonDecoder:
@@ -303,8 +297,6 @@ class FastJsonDecoder:
     which saves decoding and encoding it again."""
 
     def __init__(self, limits: Limits) -> None:
-        import msgspec
-
         # Anything msgspec raises (invalid UTF-8, deep nesting, ...) sends the request
         # to the slow path, which explains the problem; the fast path never answers errors.
         self.errors = (Exception,)
@@ -317,7 +309,7 @@ class FastJsonDecoder:
         self.many = msgspec.json.Decoder(batch)
         self.max_payload = limits.max_payload_bytes
 
-    def decode(self, raw: bytes) -> Optional[List[WireEvent]]:
+    def decode(self, raw: bytes) -> Optional[List[Event]]:
         # The likely shape first: a failed decode raises, which costs twice a
         # successful decode of one event. A body without "events" is not a batch
         # (unless it spells the key with escapes, which the second try catches).
@@ -348,8 +340,6 @@ class FastMsgpackDecoder:
     ``(req_id, events)`` when all is valid, else None (take the slow path)."""
 
     def __init__(self, limits: Limits) -> None:
-        import msgspec
-
         # Anything msgspec raises (invalid UTF-8, deep nesting, ...) sends the request
         # to the slow path, which explains the problem; the fast path never answers errors.
         self.errors = (Exception,)
@@ -359,7 +349,7 @@ class FastMsgpackDecoder:
         self.decoder = msgspec.msgpack.Decoder(Tuple[Any, events])
         self.max_payload = limits.max_payload_bytes
 
-    def decode(self, body: bytes) -> Optional[Tuple[Any, List[WireEvent]]]:
+    def decode(self, body: bytes) -> Optional[Tuple[Any, List[Event]]]:
         try:
             # Any: the element type is a Struct class built at run time from the limits.
             decoded: Any = self.decoder.decode(body)

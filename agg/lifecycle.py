@@ -12,8 +12,6 @@
 - ``Heartbeat(config)``: its ``beat()``, called on every turn of a process's
   loop, tells the supervisor about once a second that the loop still turns,
   so that a process hung but alive can be killed and restarted.
-- ``hold_lock(path)``: an exclusive lock that lasts as long as the process
-  keeps it (the kernel drops it when the process dies, even by SIGKILL).
 - ``run_loop(main)``: run a coroutine on uvloop where it is installed (less
   overhead per message than asyncio's own loop), else on asyncio's.
 """
@@ -21,17 +19,18 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
 import sys
 import time
-from typing import IO, Any, Coroutine, Optional, TypeVar
+from typing import Any, Coroutine, Optional, TypeVar
 
 import zmq
 
 from . import protocol
+from .config import Config
+from .protocol import Alive, Ready
 
 SUPERVISED_ENV = "AGG_SUPERVISED"
 SUPERVISOR_PID_ENV = "AGG_SUPERVISOR_PID"
@@ -117,7 +116,7 @@ class StopFlag:
         return self.stop
 
 
-def announce_ready(config: Any, role: str, index: int = 0,
+def announce_ready(config: Config, role: str, index: int = 0,
                    endpoint: Optional[str] = None, ctx: Optional[zmq.Context] = None) -> None:
     """Send READY to the supervisor's control socket, if there is a supervisor."""
     if not supervised():
@@ -126,8 +125,7 @@ def announce_ready(config: Any, role: str, index: int = 0,
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(config.endpoint("control"))
-    sock.send_multipart(protocol.encode(protocol.READY, {
-        "role": role, "index": index, "pid": os.getpid(), "endpoint": endpoint}))
+    sock.send_multipart(protocol.encode(protocol.READY, Ready(role, index, os.getpid(), endpoint)))
     sock.close()
 
 
@@ -137,7 +135,7 @@ class Heartbeat:
 
     EVERY = 1.0
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         self.sock: Optional[zmq.Socket] = None
         self.last = 0.0
         if supervised():
@@ -145,7 +143,7 @@ class Heartbeat:
             self.sock.setsockopt(zmq.LINGER, 0)
             self.sock.setsockopt(zmq.SNDHWM, 10)
             self.sock.connect(config.endpoint("control"))
-            self.message = protocol.encode(protocol.ALIVE, {"pid": os.getpid()})
+            self.message = protocol.encode(protocol.ALIVE, Alive(os.getpid()))
 
     def beat(self) -> None:
         now = time.monotonic()
@@ -160,22 +158,6 @@ class Heartbeat:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-
-
-def hold_lock(path: str) -> Optional[IO[str]]:
-    """Lock ``path`` (created if missing) for this process, and write its pid
-    there; None if another process holds it. The lock lasts while the returned
-    file is open."""
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    fh.truncate(0)
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
 
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ def _json(schema: Any, description: str) -> Dict[str, Any]:
 
 
 def spec(config: Any) -> Dict[str, Any]:
-    limit = config.limits_max_field_chars
+    limit = config.limits.max_field_chars
     text = {"type": "string", "minLength": 1, "maxLength": limit}
     event = {
         "type": "object",
@@ -30,7 +30,7 @@ def spec(config: Any) -> Dict[str, Any]:
             "timestamp": {"type": "string", "format": "date-time",
                           "description": "ISO 8601 with a time zone, kept as given"},
             "payload": {"type": "object",
-                        "description": f"at most {config.limits_max_payload_bytes} bytes as JSON"},
+                        "description": f"at most {config.limits.max_payload_bytes} bytes as JSON"},
         },
         "example": {"topic": "user.created", "event_id": "evt-12345",
                     "timestamp": "2025-10-21T14:30:00Z", "source": "auth-service",
@@ -53,7 +53,7 @@ def spec(config: Any) -> Dict[str, Any]:
                     "oneOf": [{"$ref": "#/components/schemas/Event"},
                               {"type": "object", "required": ["events"], "properties": {
                                   "events": {"type": "array", "minItems": 1,
-                                             "maxItems": config.limits_max_batch_events,
+                                             "maxItems": config.limits.max_batch_events,
                                              "items": {"$ref": "#/components/schemas/Event"}}}}]}}}},
                 "responses": {
                     "200": _json({"type": "object", "properties": {
@@ -62,7 +62,7 @@ def spec(config: Any) -> Dict[str, Any]:
                         "stored": {"type": "integer"}, "duplicates": {"type": "integer"}}},
                         "Every event is committed (stored now, or a duplicate of a stored one)"),
                     "401": unauthorized,
-                    "413": _json(ERROR, f"Body over {config.limits_max_body_bytes} bytes"),
+                    "413": _json(ERROR, f"Body over {config.limits.max_body_bytes} bytes"),
                     "422": _json(ERROR, "Invalid JSON or events; nothing was stored"),
                     "503": unavailable}}},
             "/events": {"get": {
@@ -70,7 +70,7 @@ def spec(config: Any) -> Dict[str, Any]:
                 "parameters": [
                     {"name": "topic", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {
-                        "type": "integer", "minimum": 1, "maximum": config.limits_max_events_page}},
+                        "type": "integer", "minimum": 1, "maximum": config.limits.max_events_page}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"},
                      "description": "next_cursor of the previous page"}],
                 "responses": {

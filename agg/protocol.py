@@ -1,51 +1,55 @@
 """The wire contract between agg's processes and its native publishers.
 
-No sockets here: only frames, kinds, and one encode/decode per kind.
-Every message is a ZeroMQ multipart message whose first frames are::
+No sockets here: only frames, kinds, the shapes that cross a process, and
+one encode/decode per kind. Every message is a ZeroMQ multipart message::
 
     [VERSION, KIND, BODY]
 
-``VERSION`` is ``b"agg1"``. ``KIND`` is one byte string below. ``BODY`` is one
+``VERSION`` is ``b"agg1"``. ``KIND`` is one byte below. ``BODY`` is one
 msgpack value whose shape depends on the kind. A ROUTER socket adds the
 peer's routing id in front; a PUB socket adds a topic frame in front
 (``b"ctr.worker.3"``) so that subscribers filter on it.
 
 Requests (publisher -> ingest, front/ingest -> worker or stats)::
 
-    BATCH   b"B"  [req_id, [event_map, ...]]            (native publishers, see agg.ingest)
-    STORE   b"W"  [req_id, [[partition, [[topic, event_id, timestamp, source, payload_json],
-                  ...]], ...]]                          (to a worker: events by partition)
-                  A worker also takes the BATCH that fronts and ingests sent it before
+    BATCH   b"B"  [req_id, [event_map, ...]]          (native publishers, see agg.ingest)
+    STORE   b"W"  StoreBody: [req_id, [Part, ...], deadline]  (to a worker: events by partition;
+                  Part = [partition, [Event, ...]], Event = [topic, event_id, timestamp,
+                  source, payload]; deadline: the time.time() after which the sender no
+                  longer waits, 0 for none; a body without it has none)
+                  A worker also takes the flat BATCH that fronts and ingests sent it before
                   STORE: [req_id, [[partition, topic, event_id, timestamp, source,
-                  payload_json], ...]].
-    QUERY   b"Q"  [req_id, {"topic": str|None, "after": {partition: seq}, "limit": int}]
-    STATS   b"S"  [req_id, {}]                          (to the stats process)
+                  payload], ...]].
+    QUERY   b"Q"  [req_id, Query]                     Query = {"topic", "after": {partition: seq},
+                                                       "limit"}
+    STATS   b"S"  [req_id, {}]                        (to the stats process)
 
 Replies::
 
     OK      b"K"  [req_id, result]
                   BATCH and STORE result: bytes, one byte per event in request
-                  order, 1 = stored now, 0 = duplicate of an event stored before.
-                  QUERY result: [[partition, seq, topic, event_id, timestamp,
-                  source, payload_json, received_at], ...] in processing order.
+                  order, 1 (STORED) = stored now, 0 (DUPLICATE) = stored before.
+                  QUERY result: [StoredRow, ...] in processing order.
     ERR     b"E"  [req_id, code, reason, [[index, field, reason], ...]]
                   code is one of the ERR_* strings below.
+    BUSY    b"U"  [req_id]  a worker still at work on this request (a large page, a
+                  long commit): the request is not lost, its answer will come.
 
-Control and counters::
+Control and counters (PUB topic first; absolute figures, so a lost one heals)::
 
-    READY   b"R"  {"role": str, "index": int, "pid": int, "endpoint": str|None}
-    COUNTERS b"C" {"worker": int, "pid": int, "owns": [p, ...],
-                   "partitions": {p: [received, unique,
-                   duplicates, {topic: [received, unique, duplicates]}]}, "time": float}
-                  (absolute figures; only the partitions that changed, all on a heartbeat)
-    FRONT   b"F"  {"pid": int, "role": str, "rejected": {reason: count}, "time": float}
-    SUPER   b"P"  {"pid": int, "restarts": {child: count}, "time": float}
+    READY   b"R"  Ready {"role", "index", "pid", "endpoint"}      (to the supervisor)
+    ALIVE   b"A"  {"pid"}                                         (to the supervisor)
+    COUNTERS b"C" WorkerSnapshot (topic ctr.worker.N): the partitions that changed,
+                  all of them on a heartbeat
+    EDGE    b"F"  EdgeSnapshot (topic ctr.edge.PID): a front's or an ingest's rejects
+                  and events in flight per worker
+    SUPER   b"P"  SupervisorSnapshot (topic ctr.supervisor): restarts, children down
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import msgpack
 import msgspec
@@ -58,28 +62,141 @@ QUERY = b"Q"
 STATS = b"S"
 OK = b"K"
 ERR = b"E"
+BUSY = b"U"
 READY = b"R"
-COUNTERS = b"C"
-FRONT = b"F"
-SUPER = b"P"
 ALIVE = b"A"
+COUNTERS = b"C"
+EDGE = b"F"
+SUPER = b"P"
 
 # Error codes carried by ERR replies.
 ERR_INVALID = "invalid"          # the request or an event in it is malformed
 ERR_VERSION = "version"          # unknown envelope version
 ERR_OVERLOAD = "overload"        # try again later; nothing of the batch was acknowledged
 ERR_UNAVAILABLE = "unavailable"  # a worker is down or did not answer in time
-ERR_TOO_LARGE = "too_large"      # the message is larger than the configured limit
-ERR_INTERNAL = "internal"        # a bug or a failing disk; the batch was not acknowledged
+ERR_EXPIRED = "expired"          # its deadline passed before a worker began it; not stored
+ERR_INTERNAL = "internal"        # a failing disk (or a bug); the batch was not acknowledged
 
 STORED = 1
 DUPLICATE = 0
 
 # Topic prefixes of counter snapshots on PUB/SUB.
 TOPIC_WORKER = b"ctr.worker."
-TOPIC_FRONT = b"ctr.front."
+TOPIC_EDGE = b"ctr.edge."
+TOPIC_EDGE_BEFORE = b"ctr.front."  # what edges sent before they were called edges
 TOPIC_SUPER = b"ctr.supervisor"
 TOPIC_ALL = b"ctr."
+
+
+# -- the shapes that cross a process -----------------------------------------------------
+# array_like: a Struct is written as the msgpack array of its fields, the same bytes
+# as the list it names. gc=False: none can be part of a cycle.
+
+class Event(msgspec.Struct, array_like=True, gc=False):
+    """A valid event on its way to a worker; ``payload`` is its JSON text."""
+
+    topic: str
+    event_id: str
+    timestamp: str
+    source: str
+    payload: bytes
+
+
+class Part(msgspec.Struct, array_like=True, gc=False):
+    """The events of one request that belong to one partition, in request order."""
+
+    partition: int
+    events: List[Event]
+
+
+class StoreBody(msgspec.Struct, array_like=True, gc=False):
+    req_id: Any
+    parts: List[Part]
+    deadline: float = 0.0
+
+
+class StoredRow(msgspec.Struct, array_like=True, gc=False):
+    """An event as a shard keeps it, with where and when it was committed."""
+
+    partition: int
+    seq: int
+    topic: str
+    event_id: str
+    timestamp: str
+    source: str
+    payload: bytes
+    received_at: str
+
+
+def processing_order(row: StoredRow) -> Tuple[str, int, int]:
+    """The order of GET /events: commit time, then partition, then place in it."""
+    return (row.received_at, row.partition, row.seq)
+
+
+class Query(msgspec.Struct, gc=False):
+    topic: Optional[str] = None
+    after: Dict[int, int] = {}
+    limit: int = 1000
+
+
+class Counts(msgspec.Struct, array_like=True, gc=False):
+    """What reached a worker, split into new events and duplicates."""
+
+    received: int = 0
+    unique: int = 0
+    duplicates: int = 0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.received + other.received, self.unique + other.unique,
+                      self.duplicates + other.duplicates)
+
+
+class PartitionCounts(msgspec.Struct, array_like=True, gc=False):
+    """A partition's totals, then its counts per topic."""
+
+    received: int
+    unique: int
+    duplicates: int
+    topics: Dict[str, Counts]
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.received, self.unique, self.duplicates)
+
+
+class WorkerSnapshot(msgspec.Struct, gc=False):
+    worker: int
+    pid: int
+    owns: List[int]
+    storage_error: Optional[str]
+    time: float
+    partitions: Dict[int, PartitionCounts]
+
+
+class EdgeSnapshot(msgspec.Struct, gc=False):
+    pid: int
+    role: str
+    rejected: Dict[str, int]
+    inflight: List[int]
+    time: float
+
+
+class SupervisorSnapshot(msgspec.Struct, gc=False):
+    pid: int
+    time: float
+    restarts: Dict[str, int]
+    down: List[str] = []
+
+
+class Ready(msgspec.Struct, gc=False):
+    role: str
+    index: int
+    pid: int
+    endpoint: Optional[str]
+
+
+class Alive(msgspec.Struct, gc=False):
+    pid: int
 
 
 class ProtocolError(Exception):
@@ -109,20 +226,38 @@ def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+T = TypeVar("T")
+
+
+def unpack_as(data: bytes, shape: Type[T]) -> T:
+    """``data`` decoded as ``shape``, or ProtocolError saying what does not fit."""
+    try:
+        return msgspec.msgpack.decode(data, type=shape)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ERR_INVALID, f"body is not a {getattr(shape, '__name__', shape)}: {exc}") from None
+
+
 def encode(kind: bytes, body: Any) -> List[bytes]:
     return [VERSION, kind, pack(body)]
 
 
-def decode(frames: Sequence[bytes]) -> Tuple[bytes, Any]:
-    """Return ``(kind, body)`` of ``[VERSION, KIND, BODY]`` or raise ProtocolError."""
+def check_envelope(frames: Sequence[bytes]) -> bytes:
+    """The kind of ``[VERSION, KIND, BODY]``, or ProtocolError."""
     if len(frames) != 3:
         raise ProtocolError(ERR_INVALID, f"expected 3 frames (version, kind, body), got {len(frames)}")
-    version, kind, body = frames
-    if bytes(version) != VERSION:
-        raise ProtocolError(ERR_VERSION, f"unknown envelope version {bytes(version)[:16]!r}, "
-                                         f"this agg speaks {VERSION!r}")
+    version = bytes(frames[0])
+    if version != VERSION:
+        shown = version[:16].decode("ascii", "replace")
+        raise ProtocolError(ERR_VERSION, f"unknown envelope version '{shown}', this agg speaks "
+                                         f"'{VERSION.decode()}'")
+    return bytes(frames[1])
+
+
+def decode(frames: Sequence[bytes]) -> Tuple[bytes, Any]:
+    """Return ``(kind, body)`` of ``[VERSION, KIND, BODY]`` or raise ProtocolError."""
+    kind = check_envelope(frames)
     try:
-        return bytes(kind), unpack(body)
+        return kind, unpack(frames[2])
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(ERR_INVALID, f"body is not valid msgpack: {exc}") from None
 

@@ -20,14 +20,34 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
 
 import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
+from .config import Config
+from .protocol import Counts, EdgeSnapshot, PartitionCounts, SupervisorSnapshot, WorkerSnapshot
+from .sockets import drain
 
 log = logging.getLogger("agg.stats")
+
+
+class WorkerSeen(NamedTuple):
+    pid: int
+    seen: float  # monotonic
+    partitions: List[int]
+    storage_error: Optional[str]
+
+
+class EdgeSeen(NamedTuple):
+    seen: float  # monotonic
+    inflight: List[int]  # events in flight per worker
+
+
+def counts_json(counts: Counts) -> Dict[str, int]:
+    return {"received": counts.received, "unique_processed": counts.unique,
+            "duplicate_dropped": counts.duplicates}
 
 
 class Totals:
@@ -37,98 +57,82 @@ class Totals:
         self.started = lifecycle.started_at()
         self.expected_workers = workers
         self.stale_after = stale_after
-        # partition -> [received, unique, duplicates, {topic: [r, u, d]}]
-        self.partitions: Dict[int, List[Any]] = {}
-        # worker index -> {"pid", "seen" (monotonic), "partitions"}
-        self.workers: Dict[int, Dict[str, Any]] = {}
-        # (role, pid) -> {reason: count}; kept after a front restarts: its rejects happened
+        self.partitions: Dict[int, PartitionCounts] = {}
+        self.workers: Dict[int, WorkerSeen] = {}
+        # edge ("role.pid") -> {reason: count}; kept after an edge restarts: its rejects happened
         self.rejected: Dict[str, Dict[str, int]] = {}
-        # (role, pid) -> (when seen, events in flight per worker); counted while fresh only:
-        # what a dead edge had in flight is no longer queued anywhere.
-        self.inflight: Dict[str, Any] = {}
+        # edge -> its events in flight; counted while fresh only: what a dead edge had in
+        # flight is no longer queued anywhere.
+        self.inflight: Dict[str, EdgeSeen] = {}
         self.restarts: Dict[str, int] = {}
-        self.down: set = set()  # children the supervisor reports dead or not READY
-        self.supervisor_seen: Optional[float] = None
+        self.down: Set[str] = set()  # children the supervisor reports dead or not READY
 
-    def absorb(self, topic: bytes, kind: bytes, body: Any) -> None:
+    def absorb(self, topic: bytes, kind: bytes, body: bytes) -> None:
+        """Take one snapshot (``body`` still encoded); ProtocolError if it is not one."""
         now = time.monotonic()
         if kind == protocol.COUNTERS and topic.startswith(protocol.TOPIC_WORKER):
-            index = int(body["worker"])
-            self.workers[index] = {"pid": body["pid"], "seen": now,
-                                   "partitions": list(body["owns"]),
-                                   "storage_error": body.get("storage_error")}
-            for p, snap in body["partitions"].items():
+            worker = protocol.unpack_as(body, WorkerSnapshot)
+            self.workers[worker.worker] = WorkerSeen(worker.pid, now, worker.owns, worker.storage_error)
+            for p, snap in worker.partitions.items():
                 mine = self.partitions.get(p)
-                if mine is None or snap[0] >= mine[0]:
+                if mine is None or snap.received >= mine.received:
                     self.partitions[p] = snap
-        elif kind == protocol.FRONT and topic.startswith(protocol.TOPIC_FRONT):
-            edge = f"{body['role']}.{body['pid']}"
-            self.rejected[edge] = dict(body["rejected"])
-            self.inflight[edge] = (now, [int(n) for n in body.get("inflight", ())])
+        elif kind == protocol.EDGE and topic.startswith((protocol.TOPIC_EDGE, protocol.TOPIC_EDGE_BEFORE)):
+            edge = protocol.unpack_as(body, EdgeSnapshot)
+            name = f"{edge.role}.{edge.pid}"
+            self.rejected[name] = edge.rejected
+            self.inflight[name] = EdgeSeen(now, edge.inflight)
         elif kind == protocol.SUPER and topic == protocol.TOPIC_SUPER:
-            self.restarts = dict(body["restarts"])
-            self.down = set(body.get("down", ()))
-            self.supervisor_seen = now
+            supervisor = protocol.unpack_as(body, SupervisorSnapshot)
+            self.restarts = supervisor.restarts
+            self.down = set(supervisor.down)
 
     def summary(self) -> Dict[str, Any]:
         now = time.monotonic()
-        received = unique = duplicates = 0
-        per_topic: Dict[str, List[int]] = {}
-        for r, u, d, topics in self.partitions.values():
-            received += r
-            unique += u
-            duplicates += d
-            for topic, (tr, tu, td) in topics.items():
-                mine = per_topic.setdefault(topic, [0, 0, 0])
-                mine[0] += tr
-                mine[1] += tu
-                mine[2] += td
+        total = Counts()
+        per_topic: Dict[str, Counts] = {}
+        for snap in self.partitions.values():
+            total += snap.counts
+            for topic, counts in snap.topics.items():
+                per_topic[topic] = per_topic.get(topic, Counts()) + counts
         rejected: Dict[str, int] = {}
         for reasons in self.rejected.values():
             for reason, count in reasons.items():
                 rejected[reason] = rejected.get(reason, 0) + count
         inflight = [0] * self.expected_workers
-        for seen, counts in self.inflight.values():
-            if now - seen <= self.stale_after:
-                for index, n in enumerate(counts[:self.expected_workers]):
+        for edge in self.inflight.values():
+            if now - edge.seen <= self.stale_after:
+                for index, n in enumerate(edge.inflight[:self.expected_workers]):
                     inflight[index] += n
-        workers = {}
-        for index in range(self.expected_workers):
-            info = self.workers.get(index)
-            alive = (info is not None and now - info["seen"] <= self.stale_after
-                     and f"worker.{index}" not in self.down)
-            owned: List[List[Any]] = [self.partitions[p] for p in (info["partitions"] if info else [])
-                                      if p in self.partitions]
-            workers[str(index)] = {
-                "received": sum(snap[0] for snap in owned),
-                "unique_processed": sum(snap[1] for snap in owned),
-                "duplicate_dropped": sum(snap[2] for snap in owned),
-                "alive": alive,
-                "pid": info["pid"] if info else None,
-                "last_seen_s": round(now - info["seen"], 3) if info else None,
-                "partitions": info["partitions"] if info else [],
-                "storage_error": info.get("storage_error") if info else None,
-            }
         return {
-            "received": received,
-            "unique_processed": unique,
-            "duplicate_dropped": duplicates,
+            **counts_json(total),
             "rejected": sum(rejected.values()),
             "rejected_by_reason": rejected,
             "topics": sorted(per_topic),
-            "topic_counts": {t: {"received": r, "unique_processed": u, "duplicate_dropped": d}
-                             for t, (r, u, d) in sorted(per_topic.items())},
-            "workers": workers,
+            "topic_counts": {t: counts_json(c) for t, c in sorted(per_topic.items())},
+            "workers": {str(i): self.worker(i, now) for i in range(self.expected_workers)},
             "restarts": self.restarts,
             "inflight_events": inflight,
             "uptime": round(time.time() - self.started, 3),
         }
 
+    def worker(self, index: int, now: float) -> Dict[str, Any]:
+        """What /stats and /health say of worker ``index``."""
+        info = self.workers.get(index)
+        if info is None:
+            return {**counts_json(Counts()), "alive": False, "pid": None, "last_seen_s": None,
+                    "partitions": [], "storage_error": None}
+        owned = sum((self.partitions[p].counts for p in info.partitions if p in self.partitions), Counts())
+        return {**counts_json(owned),
+                "alive": now - info.seen <= self.stale_after and f"worker.{index}" not in self.down,
+                "pid": info.pid, "last_seen_s": round(now - info.seen, 3),
+                "partitions": info.partitions, "storage_error": info.storage_error}
+
 
 class StatsServer:
-    def __init__(self, config: configmod.Config) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.totals = Totals(config.workers, config.stats_stale_after_s)
+        self.totals = Totals(config.workers, config.stats.stale_after_s)
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -139,23 +143,15 @@ class StatsServer:
         self.router.bind(config.bind_endpoint("stats"))
 
     def drain_counters(self) -> None:
-        while True:
+        for frames in drain(self.sub):
             try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, body = protocol.decode(frames[1:])
-                self.totals.absorb(frames[0], kind, body)
-            except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
+                kind = protocol.check_envelope(frames[1:])
+                self.totals.absorb(frames[0], kind, frames[3])
+            except protocol.ProtocolError as exc:
                 log.warning("ignored a bad snapshot on %r: %s", frames[0][:40], exc)
 
     def answer(self) -> None:
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in drain(self.router):
             rid, req_id = frames[0], None
             try:
                 kind, body = protocol.decode(frames[1:])
@@ -191,7 +187,7 @@ class StatsServer:
         self.ctx.term()
 
 
-def run(config: configmod.Config) -> int:
+def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
     server = StatsServer(config)
     log.info("bound %s and %s", config.endpoint("stats_in"), config.endpoint("stats"))

@@ -29,13 +29,17 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Deque, Dict, List, Optional
+from typing import IO, Any, Deque, Dict, List, Optional
 
 import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
+from .config import Config
 from .partition import PartitionMismatch, ensure_data_dir
+from .protocol import Alive, Ready, SupervisorSnapshot
+from .sockets import drain
+from .storage.lock import Locked, hold_lock
 
 log = logging.getLogger("agg.supervisor")
 
@@ -68,12 +72,12 @@ class Child:
         # Settings this child keeps across restarts (the port an edge first bound).
         self.sticky: Dict[str, Any] = {}
 
-    def start(self, env: Dict[str, str], config: configmod.Config) -> None:
+    def start(self, env: Dict[str, str], config: Config) -> None:
         self.ready = False
         self.restart_at = None
         self.started_at = time.monotonic()
         if self.sticky:
-            env = dict(env, **{configmod.RESOLVED_ENV: config.replace(**self.sticky).to_json()})
+            env = dict(env, **{configmod.RESOLVED_ENV: config.replace(self.sticky).to_json()})
         self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL)
         log.info("started %s pid=%d", self.name, self.proc.pid)
 
@@ -86,7 +90,7 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: configmod.Config, stop: lifecycle.StopFlag) -> None:
+    def __init__(self, config: Config, stop: lifecycle.StopFlag) -> None:
         self.config = config
         self.stop = stop
         self.env = dict(os.environ)
@@ -99,9 +103,9 @@ class Supervisor:
         self.workers = [Child(f"worker.{i}", "worker", i, "agg.worker", ["--index", str(i)])
                         for i in range(config.workers)]
         self.edges: List[Child] = []
-        if config.http_enabled:
+        if config.http.enabled:
             self.edges.append(Child("front", "front", 0, "agg.front", []))
-        if config.ingest_enabled:
+        if config.ingest.enabled:
             self.edges.append(Child("ingest", "ingest", 0, "agg.ingest", []))
         self.stages = [[self.stats], self.workers, self.edges]
         self.children = [c for stage in self.stages for c in stage]
@@ -119,44 +123,49 @@ class Supervisor:
     def read_control(self, timeout_ms: int) -> None:
         if not self.control.poll(timeout_ms):
             return
-        while True:
+        for frames in drain(self.control):
             try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, body = protocol.decode(frames)
-                if kind not in (protocol.ALIVE, protocol.READY):
-                    continue
-                child = next((c for c in self.children if c.pid == body["pid"]), None)
-                if child is None:
-                    continue  # a child of an earlier life, already replaced
-                child.last_beat = time.monotonic()
-                if kind == protocol.READY:
-                    child.ready = True
-                    child.endpoint = body.get("endpoint")
-                    self.keep_endpoint(child)
-                    log.info("%s is ready (%s)", child.name, child.endpoint)
-                    if self.started:
-                        self.write_endpoints()  # new pid; a restarted edge may have a new port
-                        self.publish_restarts(force=True)
-            except (protocol.ProtocolError, KeyError, TypeError) as exc:
+                kind = protocol.check_envelope(frames)
+                if kind == protocol.ALIVE:
+                    self.heard(protocol.unpack_as(frames[2], Alive).pid)
+                elif kind == protocol.READY:
+                    self.ready(protocol.unpack_as(frames[2], Ready))
+            except protocol.ProtocolError as exc:
                 log.warning("ignored a bad control message: %s", exc)
+
+    def heard(self, pid: int) -> Optional[Child]:
+        """The child ``pid`` is alive; None if it is of an earlier life, already replaced."""
+        child = next((c for c in self.children if c.pid == pid), None)
+        if child is not None:
+            child.last_beat = time.monotonic()
+        return child
+
+    def ready(self, ready: Ready) -> None:
+        child = self.heard(ready.pid)
+        if child is None:
+            return
+        child.ready = True
+        child.endpoint = ready.endpoint
+        self.keep_endpoint(child)
+        log.info("%s is ready (%s)", child.name, child.endpoint)
+        if self.started:
+            self.write_endpoints()  # new pid; a restarted edge may have a new port
+            self.publish_restarts(force=True)
 
     def keep_endpoint(self, child: Child) -> None:
         """An edge configured with port 0 got a free port at its first start; its
         restarts bind that same port, so that publishers keep their address."""
         if child.endpoint is None or child.sticky:
             return
-        if child.role == "front" and self.config.http_port == 0:
-            child.sticky = {"http_port": int(child.endpoint.rsplit(":", 1)[1])}
-        elif child.role == "ingest" and self.config.ingest_endpoint.endswith(":0"):
-            child.sticky = {"ingest_endpoint": child.endpoint}
+        if child.role == "front" and self.config.http.port == 0:
+            child.sticky = {"http.port": int(child.endpoint.rsplit(":", 1)[1])}
+        elif child.role == "ingest" and self.config.ingest.endpoint.endswith(":0"):
+            child.sticky = {"ingest.endpoint": child.endpoint}
 
     def start_stage(self, stage: List[Child]) -> None:
         for child in stage:
             child.start(self.env, self.config)
-        timeout = self.config.supervisor_ready_timeout_s
+        timeout = self.config.supervisor.ready_timeout_s
         while not all(c.ready for c in stage):
             if self.stop:
                 raise StartupFailed("stopped by a signal during start-up")
@@ -191,12 +200,12 @@ class Supervisor:
 
     def publish_restarts(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self.last_publish >= self.config.stats_heartbeat_s:
-            self.pub.send_multipart([protocol.TOPIC_SUPER] + protocol.encode(protocol.SUPER, {
-                "pid": os.getpid(), "time": time.time(),
-                "restarts": {c.name: c.restarts for c in self.children},
+        if force or now - self.last_publish >= self.config.stats.heartbeat_s:
+            snapshot = SupervisorSnapshot(
+                os.getpid(), time.time(), {c.name: c.restarts for c in self.children},
                 # Children dead or not READY yet: /health knows at once, not after stale_after_s.
-                "down": [c.name for c in self.children if not (c.alive() and c.ready)]}))
+                [c.name for c in self.children if not (c.alive() and c.ready)])
+            self.pub.send_multipart([protocol.TOPIC_SUPER] + protocol.encode(protocol.SUPER, snapshot))
             self.last_publish = now
 
     def watch(self) -> int:
@@ -218,12 +227,12 @@ class Supervisor:
                     continue
                 code = child.proc.returncode if child.proc else None
                 child.deaths.append(now)
-                while child.deaths and now - child.deaths[0] > self.config.supervisor_restart_window_s:
+                while child.deaths and now - child.deaths[0] > self.config.supervisor.restart_window_s:
                     child.deaths.popleft()
-                if len(child.deaths) > self.config.supervisor_max_restarts:
+                if len(child.deaths) > self.config.supervisor.max_restarts:
                     log.error("%s died %d times within %g s (last status %s); giving up",
                               child.name, len(child.deaths),
-                              self.config.supervisor_restart_window_s, code)
+                              self.config.supervisor.restart_window_s, code)
                     return 1
                 log.warning("%s (pid %s) exited with status %s; restarting in %.1f s",
                             child.name, child.pid, code, child.backoff)
@@ -237,7 +246,7 @@ class Supervisor:
         """SIGKILL a READY child whose loop has not turned for supervisor.hang_s
         (stopped, deadlocked, stuck in a syscall): the next turn of ``watch``
         finds it dead and restarts it, as after any crash."""
-        hang = self.config.supervisor_hang_s
+        hang = self.config.supervisor.hang_s
         if hang and child.ready and child.proc is not None and now - child.last_beat > hang:
             log.error("%s (pid %s) has sent no sign of life for %.0f s; killing it",
                       child.name, child.pid, now - child.last_beat)
@@ -253,13 +262,13 @@ class Supervisor:
             running = [c for c in stage if c.alive()]
             for child in running:
                 child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            deadline = time.monotonic() + self.config.supervisor_grace_s
+            deadline = time.monotonic() + self.config.supervisor.grace_s
             for child in running:
                 try:
                     child.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
                 except subprocess.TimeoutExpired:
                     log.warning("%s (pid %s) did not stop within %g s; killing it",
-                                child.name, child.pid, self.config.supervisor_grace_s)
+                                child.name, child.pid, self.config.supervisor.grace_s)
                     child.proc.kill()  # type: ignore[union-attr]
                     child.proc.wait()  # type: ignore[union-attr]
                     clean = False
@@ -279,12 +288,16 @@ class Supervisor:
             pass
 
 
-def lock_run_dir(run_dir: str) -> Any:
-    """Hold ``RUN_DIR/agg.lock`` for the supervisor's life: one agg per data directory."""
-    return lifecycle.hold_lock(os.path.join(run_dir, LOCK_FILE))
+def lock_run_dir(run_dir: str) -> Optional[IO[str]]:
+    """Hold ``RUN_DIR/agg.lock`` for the supervisor's life (one agg per data
+    directory); None if another agg holds it."""
+    try:
+        return hold_lock(os.path.join(run_dir, LOCK_FILE))
+    except Locked:
+        return None
 
 
-def run(config: configmod.Config) -> int:
+def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
     try:
         ensure_data_dir(config.data_dir, config.partitions)

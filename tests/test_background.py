@@ -7,14 +7,15 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from agg import keyindex
-from agg.background import Background
-from agg.shard import Shard
+from agg.protocol import Event
+from agg.storage import indexfile
+from agg.storage.background import Background
+from agg.storage.shard import Shard
 from conftest import wait_until
 
 
 def group(start: int) -> list:
-    return [("t", f"e{i}", "2025-10-21T14:30:00Z", "src", b'{"pad": "%s"}' % (b"x" * 200))
+    return [Event("t", f"e{i}", "2025-10-21T14:30:00Z", "src", b'{"pad": "%s"}' % (b"x" * 200))
             for i in range(start, start + 1000)]
 
 
@@ -68,12 +69,12 @@ def test_key_index_saves_run_on_the_thread_and_finish_before_it_stops(tmp_path) 
     shard = Shard(path, index_save_rows=1500, background=background.later)
     for n in range(4):  # saves handed over at 2000 and 4000 rows
         shard.store(group(n * 1000), "2026-01-01T00:00:00.000000Z")
-    assert shard.last_save_at == 4000 and len(background.jobs) == 2
+    assert shard.index_file.saved_at == 4000 and len(background.jobs) == 2
     assert not os.path.exists(path + ".keys")  # nothing written on the commit path
     background.start()
     background.stop()  # runs the saves still queued
-    assert keyindex.KeyIndex.load(path + ".keys")[1] == 4000
+    assert indexfile.read(path + ".keys")[1] == 4000
     shard.store(group(4000), "2026-01-01T00:00:00.000000Z")
     shard.close()  # no thread now: the last rows are saved here
-    index, covered, _key = keyindex.KeyIndex.load(path + ".keys")
+    index, covered, _key = indexfile.read(path + ".keys")
     assert covered == 5000 and len(index) == 5000

@@ -21,7 +21,7 @@ def parse(argv, environ=None):
 def test_conf_file_lists_every_setting_with_its_default(tmp_path) -> None:
     path = os.path.join(ROOT, "conf", "agg.toml")
     loaded = parse(["--config", path])
-    assert dict(loaded.values) == dict(configmod.defaults().values)
+    assert loaded == configmod.defaults()
     with open(path) as fh:
         text = fh.read()
     for setting in configmod.SCHEMA:
@@ -34,8 +34,8 @@ def test_flag_beats_environment_beats_file(tmp_path) -> None:
     env = {"AGG_HTTP_PORT": "9100", "AGG_WORKERS": "4"}
     cfg = parse(["--config", str(toml), "--workers", "5"], env)
     assert cfg.workers == 5            # flag
-    assert cfg.http_port == 9100       # environment over file
-    assert cfg.http_host == "127.0.0.2"  # file over default
+    assert cfg.http.port == 9100       # environment over file
+    assert cfg.http.host == "127.0.0.2"  # file over default
     assert cfg.partitions == 8         # default
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from agg.events import InvalidEvents, Limits, check_timestamp, events_of_body, validate_batch
+from agg.protocol import Event
 
 LIMITS = Limits(max_field_chars=16, max_payload_bytes=64, max_batch_events=3)
 
@@ -66,8 +67,8 @@ def test_batch_limits() -> None:
 
 def test_valid_events_come_out_in_wire_form() -> None:
     out = validate_batch([event(), event(event_id="f", extra="ignored")], LIMITS)
-    assert out == [("t", "e", "2025-10-21T14:30:00Z", "s", b'{"a":1}'),
-                   ("t", "f", "2025-10-21T14:30:00Z", "s", b'{"a":1}')]
+    assert out == [Event("t", "e", "2025-10-21T14:30:00Z", "s", b'{"a":1}'),
+                   Event("t", "f", "2025-10-21T14:30:00Z", "s", b'{"a":1}')]
 
 
 def test_body_shapes() -> None:
@@ -116,14 +117,16 @@ def test_fast_decoder_agrees_with_validation(body, spaced) -> None:
         slow = None
     if fast is not None:
         assert slow is not None, f"fast path accepted what validation refuses: {raw!r}"
-        assert [e[:4] for e in fast] == [e[:4] for e in slow]
-        assert [orjson.loads(e[4]) for e in fast] == [orjson.loads(e[4]) for e in slow]
+        def head(e: Event) -> tuple:
+            return (e.topic, e.event_id, e.timestamp, e.source)
+        assert [head(e) for e in fast] == [head(e) for e in slow]
+        assert [orjson.loads(e.payload) for e in fast] == [orjson.loads(e.payload) for e in slow]
 
 
 def test_fast_decoder_takes_valid_bodies_and_keeps_the_payload_text() -> None:
     raw = b'{"events": [{"topic": "t", "event_id": "e", "timestamp": "2025-10-31T14:30:00Z",' \
           b' "source": "s", "payload": {"a": [1, 2]}, "extra": 1}]}'
-    assert FAST.decode(raw) == [("t", "e", "2025-10-31T14:30:00Z", "s", b'{"a": [1, 2]}')]
+    assert FAST.decode(raw) == [Event("t", "e", "2025-10-31T14:30:00Z", "s", b'{"a": [1, 2]}')]
     single = json.dumps(event(), separators=(",", ":")).encode()
     assert FAST.decode(single) == validate_batch([event()], LIMITS)
     assert FAST.decode(json.dumps(event(timestamp="2025-02-30T00:00:00Z")).encode()) is None

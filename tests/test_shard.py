@@ -17,12 +17,14 @@ from typing import Iterator, List, Set, Tuple
 import numpy as np
 import pytest
 
-from agg import keyindex, shard as shardmod
-from agg.shard import Shard
+from agg.protocol import Counts, Event
+from agg.storage import ShardInUse, StorageError, indexfile, keyindex, schema
+from agg.storage import shard as shardmod
+from agg.storage.shard import Shard
 
 
-def rows(keys: List[Tuple[str, str]]) -> List[Tuple[str, str, str, str, bytes]]:
-    return [(t, e, "2025-10-21T14:30:00Z", "src", b"{}") for t, e in keys]
+def rows(keys: List[Tuple[str, str]]) -> List[Event]:
+    return [Event(t, e, "2025-10-21T14:30:00Z", "src", b"{}") for t, e in keys]
 
 
 def store(shard: Shard, keys: List[Tuple[str, str]]) -> List[bool]:
@@ -74,7 +76,7 @@ def test_new_and_duplicate_within_and_across_groups(tmp_path) -> None:
     shard = Shard(str(tmp_path / "s.sqlite3"))
     assert store(shard, [("a", "1"), ("a", "2"), ("a", "1"), ("b", "1")]) == [True, True, False, True]
     assert store(shard, [("b", "1"), ("a", "3"), ("a", "2")]) == [False, True, False]
-    assert shard.counters == {"a": [5, 3, 2], "b": [2, 1, 1]}
+    assert shard.counters == {"a": Counts(5, 3, 2), "b": Counts(2, 1, 1)}
     assert all_keys(shard.path) == [("a", "1"), ("a", "2"), ("b", "1"), ("a", "3")]
     shard.close()
 
@@ -94,7 +96,7 @@ def test_dedup_matches_a_set_across_restarts(tmp_path, request, hashing) -> None
     check_against_set(shard, seen, random_groups(rng, 12, 40, pool))
     crash(shard)  # the index file is behind the shard: the rows after it are read
     shard = Shard(path, index_save_rows=10**6)
-    assert shard.last_save_at < shard.last_seq
+    assert shard.index_file.saved_at < shard.last_seq
     check_against_set(shard, seen, random_groups(rng, 12, 40, pool))
     shard.close()
     stored = all_keys(path)
@@ -141,18 +143,18 @@ def test_a_failed_commit_leaves_the_index_as_it_was(tmp_path) -> None:
     shard = Shard(str(tmp_path / "s.sqlite3"))
     store(shard, [("t", "1")])
     shard.db.execute("PRAGMA query_only=1")
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(StorageError):
         store(shard, [("t", "2"), ("t", "3")])
     shard.db.execute("PRAGMA query_only=0")
     assert store(shard, [("t", "2"), ("t", "3"), ("t", "1")]) == [True, True, False]
-    assert shard.counters == {"t": [4, 3, 1]}
+    assert shard.counters == {"t": Counts(4, 3, 1)}
     shard.close()
 
 
 def test_a_shard_with_the_old_unique_index_keeps_working(tmp_path) -> None:
     path = str(tmp_path / "s.sqlite3")
     db = sqlite3.connect(path)
-    db.executescript(shardmod.SCHEMA + "CREATE UNIQUE INDEX events_key ON events (topic, event_id);")
+    db.executescript(schema.SCHEMA + "CREATE UNIQUE INDEX events_key ON events (topic, event_id);")
     db.execute("INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
                " VALUES ('t', 'old', 'ts', 's', x'7b7d', 'r')")
     db.execute("INSERT INTO counters VALUES ('t', 1, 1, 0)")
@@ -160,15 +162,15 @@ def test_a_shard_with_the_old_unique_index_keeps_working(tmp_path) -> None:
     db.close()
     shard = Shard(path)
     assert store(shard, [("t", "old"), ("t", "new")]) == [False, True]
-    assert shard.counters == {"t": [3, 2, 1]}
+    assert shard.counters == {"t": Counts(3, 2, 1)}
     shard.close()
 
 
 def test_an_index_file_that_cannot_be_written_costs_only_a_warning(tmp_path, caplog) -> None:
     path = str(tmp_path / "s.sqlite3")
     shard = Shard(path, index_save_rows=10)
-    shard.index_path = str(tmp_path / "no such dir" / "s.sqlite3.keys")
-    with caplog.at_level("WARNING", logger="agg.shard"):
+    shard.index_file.path = str(tmp_path / "no such dir" / "s.sqlite3.keys")
+    with caplog.at_level("WARNING", logger="agg.storage"):
         assert store(shard, [("t", f"e{i}") for i in range(10)]) == [True] * 10
         assert store(shard, [("t", "e1"), ("t", "e10")]) == [False, True]
     # One attempt, not one per commit: the next comes after another 10 rows.
@@ -188,8 +190,8 @@ def test_index_seqs_widen_past_four_bytes_and_survive_the_file(tmp_path) -> None
     index.merge()
     assert index.seqs.dtype.itemsize == 8
     path = str(tmp_path / "k")
-    keyindex.write(path, index.snapshot(), 2**40, 123)
-    loaded, covered, covered_key = keyindex.KeyIndex.load(path)
+    indexfile.write(path, index.snapshot(), 2**40, 123)
+    loaded, covered, covered_key = indexfile.read(path)
     assert (covered, covered_key) == (2**40, 123)
     assert loaded.candidates(np.array([5, -9, 11, 6])) == {0: [7, 2**40], 1: [2**32 - 1], 2: [2**32 + 5]}
 
@@ -197,7 +199,7 @@ def test_index_seqs_widen_past_four_bytes_and_survive_the_file(tmp_path) -> None
 def test_a_second_opener_of_a_shard_is_refused(tmp_path) -> None:
     path = str(tmp_path / "s.sqlite3")
     first = Shard(path)
-    with pytest.raises(sqlite3.DatabaseError, match="in use by another process"):
+    with pytest.raises(ShardInUse, match="in use by another process"):
         Shard(path)
     first.close()
     Shard(path).close()  # free again once the first has closed it
@@ -213,8 +215,8 @@ def test_rows_written_behind_the_shard_make_it_read_the_file_again(tmp_path) -> 
     other.execute("UPDATE counters SET received = 2, unique_processed = 2")
     other.commit()
     other.close()
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StorageError):
         store(shard, [("t", "3")])
     assert store(shard, [("t", "ghost"), ("t", "3")]) == [False, True]
-    assert shard.counters == {"t": [4, 3, 1]}
+    assert shard.counters == {"t": Counts(4, 3, 1)}
     shard.close()

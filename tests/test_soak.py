@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from agg.publish import make_events
+from agg.tools.publish import make_events
 from conftest import AggSystem, http_request, make_event, wait_until
 
 SOAK_SECONDS = float(os.environ.get("AGG_SOAK_SECONDS", "15"))
@@ -26,7 +26,7 @@ def publisher(system: AggSystem, transport: str, seed: int) -> subprocess.Popen:
     target = (["--transport", "zmq", "--endpoint", system.ingest, "--timeout", "2"]
               if transport == "zmq" else ["--url", system.url, "--timeout", "5"])
     return subprocess.Popen(
-        [sys.executable, "-m", "agg.publish", *target, "--json", "--events", str(ROUND_EVENTS),
+        [sys.executable, "-m", "agg.tools.publish", *target, "--json", "--events", str(ROUND_EVENTS),
          "--seed", str(seed), "--batch-size", "200", "--concurrency", "4", "--retries", "1000",
          "--max-backoff", "0.3", "--time-limit", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -137,9 +137,10 @@ def test_killing_the_whole_process_group_loses_nothing_acknowledged(agg_factory)
 
 TORN = r'''
 import os, signal, sys
-from agg.shard import Shard
+from agg.protocol import Event
+from agg.storage import Shard
 shard = Shard(sys.argv[1])
-shard.store([("t", "committed-%d" % i, "2025-10-21T14:30:00Z", "s", b"{}") for i in range(100)], "now")
+shard.store([Event("t", "committed-%d" % i, "2025-10-21T14:30:00Z", "s", b"{}") for i in range(100)], "now")
 db = shard.db
 db.execute("BEGIN IMMEDIATE")
 db.executemany("INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
@@ -154,16 +155,17 @@ def test_a_crash_mid_transaction_leaves_no_partial_batch(tmp_path) -> None:
     path = str(tmp_path / "shard.sqlite3")
     out = subprocess.run([sys.executable, "-c", TORN, path], capture_output=True, timeout=60)
     assert out.returncode == -signal.SIGKILL, out.stderr
-    from agg.shard import Shard
+    from agg.protocol import Counts, Event
+    from agg.storage import Shard
     shard = Shard(path)
     try:
         assert shard.last_seq == 100
         assert shard.db.execute("SELECT count(*) FROM events WHERE event_id LIKE 'torn-%'").fetchone()[0] == 0
-        assert shard.counters == {"t": [100, 100, 0]}
+        assert shard.counters == {"t": Counts(100, 100, 0)}
         assert shard.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         # The key index, read back from the rows, knows the committed events and
         # nothing of the torn ones.
-        assert list(shard.store([("t", e, "2025-10-21T14:30:00Z", "s", b"{}")
+        assert list(shard.store([Event("t", e, "2025-10-21T14:30:00Z", "s", b"{}")
                                  for e in ("committed-7", "torn-7")], "later")) == [0, 1]
     finally:
         shard.close()

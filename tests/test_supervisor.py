@@ -143,7 +143,7 @@ def test_a_hung_child_is_killed_and_restarted(agg_factory, child) -> None:
 def test_a_worker_rebuilding_its_key_index_may_take_longer_than_ready_timeout(agg_factory, tmp_base) -> None:
     # A data directory as an older agg leaves it: rows, and no key index files.
     from agg.partition import ensure_data_dir, shard_path
-    from agg.shard import SCHEMA
+    from agg.storage.schema import SCHEMA
     data_dir = os.path.join(tmp_base, "data")
     ensure_data_dir(data_dir, 8)
     rows_per_shard = 250_000

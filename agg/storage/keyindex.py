@@ -15,21 +15,16 @@ the shard reads the row behind a hit and compares the key, so two keys with
 the same hash never make a new event a duplicate. The later of two such keys
 goes to ``overflow``.
 
-Restart: ``save`` writes the arrays to a file with the seq they cover, and
-``load`` reads it back, so that opening a shard scans only the rows after
-that seq. The file is a cache, never the truth: missing, torn, or not
-matching the shard, it is ignored and the index is rebuilt from the rows.
+Restart: ``agg.storage.indexfile`` writes the arrays (``snapshot``) to a
+file with the seq they cover, and reads them back, so that opening a shard
+scans only the rows after that seq.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
-import os
-import struct
-import zlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
 import numpy as np
 
@@ -38,53 +33,26 @@ import numpy as np
 RECENT_MAX = 16384
 UINT32_MAX = 2**32 - 1
 PROGRESS_EVERY = 100_000  # rows between two calls of bulk_load's progress (~0.35 s)
+# A key index as saved: hashes, seqs, and the overflow's (hash, seq) pairs.
+Snapshot = Tuple[np.ndarray, np.ndarray, np.ndarray]
 # Up to this many keys, looking them up one by one beats numpy's per-call cost
 # (one event per request: 7.4 µs a lookup vectorised, 3.5 µs one by one).
 FEW = 4
 
-MAGIC = b"aggkeys1"
-# magic, covered seq, hash of the covered row's key, keys, bytes per seq, overflow pairs,
-# crc32 of the body
-HEADER = struct.Struct("<8sqqqBqI")
 
-
-def key_hashes(keys: Iterable[Sequence[Any]]) -> np.ndarray:
-    """A stable 64-bit hash of each key ``(topic, event_id, ...)``, the same in
+def key_hashes(keys: Iterable[Tuple[str, str]]) -> np.ndarray:
+    """A stable 64-bit hash of each key ``(topic, event_id)``, the same in
     every process and run. One C call per key and one array for all: the
     digests are joined rather than each turned into a Python int."""
     blake2b = hashlib.blake2b
-    digests = b"".join([blake2b(f"{key[0]}\x00{key[1]}".encode("utf-8", "surrogatepass"),
-                                digest_size=8).digest() for key in keys])
+    digests = b"".join([blake2b(f"{topic}\x00{event_id}".encode("utf-8", "surrogatepass"),
+                                digest_size=8).digest() for topic, event_id in keys])
     return np.frombuffer(digests, dtype="<i8")
 
 
 def key_hash(topic: str, event_id: str) -> int:
     """The hash of one key (see ``key_hashes``)."""
     return int(key_hashes([(topic, event_id)])[0])
-
-
-# A key index as saved: hashes, seqs, and the overflow's (hash, seq) pairs.
-Snapshot = Tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def write(path: str, snapshot: Snapshot, covered: int, covered_key: int) -> None:
-    """Write ``snapshot`` of an index that holds every row up to seq ``covered``
-    (whose key hashes to ``covered_key``) to ``path`` atomically."""
-    hashes, seqs, extra = snapshot
-    body = hashes.tobytes() + seqs.tobytes() + extra.tobytes()
-    header = HEADER.pack(MAGIC, covered, covered_key, len(hashes), seqs.itemsize, len(extra), zlib.crc32(body))
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # a half-written file only takes space
-            os.unlink(tmp)
-        raise
 
 
 def _found_in(table: Dict[int, Any], wanted: List[int]) -> Iterator[Tuple[int, int]]:
@@ -177,8 +145,9 @@ class KeyIndex:
             chunk = list(itertools.islice(rows, PROGRESS_EVERY))
             if not chunk:
                 break
-            hash_parts.append(key_hashes(chunk))
-            seq_parts.append(np.fromiter((row[2] for row in chunk), dtype=np.int64, count=len(chunk)))
+            hash_parts.append(key_hashes((topic, event_id) for topic, event_id, _seq in chunk))
+            seq_parts.append(np.fromiter((seq for _topic, _event_id, seq in chunk), dtype=np.int64,
+                                         count=len(chunk)))
             count += len(chunk)
             del chunk
             progress(count)
@@ -196,9 +165,7 @@ class KeyIndex:
         self.hashes = np.delete(hashes, repeat)
         self.seqs = narrow(np.delete(seqs, repeat))
 
-    # -- the file -------------------------------------------------------------------------
-
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> "Snapshot":
         """The index as it is now, to be written by ``write``. Its arrays are
         never written in place (a merge makes new ones), so another thread may
         write them out while this index goes on taking keys."""
@@ -208,26 +175,10 @@ class KeyIndex:
         return self.hashes, self.seqs, extra
 
     @classmethod
-    def load(cls, path: str) -> Optional[Tuple["KeyIndex", int, int]]:
-        """``(index, covered seq, hash of the covered row's key)`` from ``path``,
-        or None if it is missing or not whole."""
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError:
-            return None
-        if len(data) < HEADER.size:
-            return None
-        magic, covered, covered_key, keys, width, extra, crc = HEADER.unpack_from(data)
-        body = data[HEADER.size:]
-        if magic != MAGIC or width not in (4, 8) or len(body) != (8 + width) * keys + 16 * extra \
-                or zlib.crc32(body) != crc:
-            return None
+    def from_arrays(cls, hashes: np.ndarray, seqs: np.ndarray, extra: np.ndarray) -> "KeyIndex":
+        """An index of sorted ``hashes`` and their ``seqs``, and the overflow's pairs ``extra``."""
         index = cls()
-        index.hashes = np.frombuffer(body, dtype=np.int64, count=keys).copy()
-        index.seqs = np.frombuffer(body, dtype=np.uint32 if width == 4 else np.int64, count=keys,
-                                   offset=8 * keys).copy()
-        pairs = np.frombuffer(body, dtype=np.int64, offset=(8 + width) * keys).reshape(-1, 2)
-        for h, s in pairs.tolist():
+        index.hashes, index.seqs = hashes, seqs
+        for h, s in extra.tolist():
             index.overflow.setdefault(h, []).append(s)
-        return index, covered, covered_key
+        return index
