@@ -1,39 +1,54 @@
 """Talking to the workers (and the stats process) from an asyncio process.
 
-Used by the front and the ingest; they share the same routing and the same
-back-pressure so that both paths keep the same promises.
+Used by the front and the ingest, so that both paths keep the same routing
+and the same back-pressure.
 
 ``Peer`` is one DEALER connected to one ROUTER (a worker or the stats
 process): many requests in flight, each matched to its reply by request id,
-each with a timeout. ``WorkerPool`` routes events by partition to their
-worker's ``Peer`` and merges the answers.
+each with a timeout. ``WorkerPool`` splits a publish's events by partition,
+hands each worker's parts to its ``Peer``, and puts the statuses back in the
+order of the events (``agg.ledger``).
 
 Back-pressure, so that memory stays bounded and overload is said, not hidden:
 - a worker with more than ``limits.max_inflight_events`` unacknowledged
   events gets no more: ``Overloaded`` (503 / ERR overload);
 - a worker that is not connected (``IMMEDIATE``: nothing is queued for a
   peer that is not there): ``Unavailable`` at once;
+- a worker silent for ``limits.stall_s`` while it owes answers (stopped,
+  hung, stuck on its disk): ``Unavailable`` for what it holds, and at once for
+  what comes next, until it speaks again. A worker at work on a long request
+  says so (BUSY), so a busy worker is never taken for a stalled one;
 - a worker that does not answer within ``limits.ack_timeout_s``:
-  ``Unavailable``. Whatever it did commit is a duplicate when resent.
+  ``Unavailable``. Whatever it did commit is a duplicate when resent, and a
+  STORE carries that deadline, so that a worker does not begin one whose
+  sender has given up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import itertools
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
+import msgspec
 import zmq
 import zmq.asyncio
 
 from . import protocol
-from .events import WireEvent
+from .config import Config
+from .ledger import Ledger, Split
 from .partition import PartitionCache, owner_of
+from .protocol import Event, Part, Query, StoreBody, StoredRow, processing_order
 
 log = logging.getLogger("agg.dispatch")
+
+T = TypeVar("T")
+
+# An OK reply's request id, with its result left encoded until its waiter,
+# which knows what shape to expect, decodes it.
+_OK_REPLY = msgspec.msgpack.Decoder(Tuple[Any, msgspec.Raw])
 
 
 class Unavailable(Exception):
@@ -54,6 +69,34 @@ class PeerError(Exception):
         self.errors = errors or []
 
 
+class Outbox:
+    """The STORE requests of one turn of the event loop, bound for one worker:
+    they leave as one message, and its answer is cut back per request."""
+
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+        self.futures: List["asyncio.Future[bytes]"] = []
+
+    @property
+    def events(self) -> int:
+        return self.ledger.events
+
+    def add(self, parts: Sequence[Part], future: "asyncio.Future[bytes]") -> None:
+        self.ledger.add(parts)
+        self.futures.append(future)
+
+    def settle(self, statuses: bytes = b"", exc: Optional[BaseException] = None) -> None:
+        """Give each request its fate: its own statuses, or the message's exception."""
+        by_partition = self.ledger.split(statuses) if exc is None else {}
+        for i, future in enumerate(self.futures):
+            if future.done():
+                continue
+            if exc is None:
+                future.set_result(self.ledger.statuses_of(i, by_partition))
+            else:
+                future.set_exception(exc)
+
+
 class Peer:
     """One DEALER to one ROUTER, with request ids and timeouts."""
 
@@ -63,7 +106,7 @@ class Peer:
         self.name = name
         self.stall_s = stall_s
         self.stalled = False
-        self.last_heard = 0.0  # when it last answered, or began to owe an answer
+        self.last_heard = 0.0  # when it last spoke, or began to owe an answer
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         # Queue nothing for a peer that is not connected: fail fast instead.
@@ -74,13 +117,15 @@ class Peer:
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.sock.connect(endpoint)
         self.ids = itertools.count(1)
-        self.pending: Dict[int, asyncio.Future] = {}
+        self.pending: Dict[int, "asyncio.Future[Any]"] = {}
         self.inflight_events = 0
-        # Batches submitted during one turn of the event loop go out as one message.
-        self.outbox: List[Tuple[List[Tuple[int, List[WireEvent]]], int, asyncio.Future]] = []
-        self.outbox_events = 0
+        self.outbox: Optional[Outbox] = None  # what this turn of the loop submitted
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.tasks: List[asyncio.Task] = []
+        self.tasks: List["asyncio.Task[None]"] = []
+
+    @property
+    def outbox_events(self) -> int:
+        return self.outbox.events if self.outbox is not None else 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,32 +173,45 @@ class Peer:
         while True:
             frames = await self.sock.recv_multipart()
             try:
-                kind, body = protocol.decode(frames)
-                req_id, ok, payload = protocol.split_reply(kind, body)
+                self._reply(frames)
             except protocol.ProtocolError as exc:
                 log.warning("bad reply from %s: %s", self.name, exc)
-                continue
-            self.last_heard = asyncio.get_running_loop().time()
-            self.stalled = False
+
+    def _reply(self, frames: List[bytes]) -> None:
+        """Resolve the request that ``frames`` answer."""
+        kind = protocol.check_envelope(frames)
+        self.last_heard = asyncio.get_running_loop().time()
+        self.stalled = False
+        if kind == protocol.BUSY:
+            return  # still at work: heard, and nothing to resolve
+        if kind == protocol.OK:
+            try:
+                req_id, result = _OK_REPLY.decode(frames[2])
+            except msgspec.DecodeError as exc:
+                raise protocol.ProtocolError(protocol.ERR_INVALID, f"malformed OK: {exc}") from None
             future = self.pending.pop(req_id, None)
-            if future is None or future.done():
-                continue  # the request timed out already; its caller has answered
-            if ok:
-                future.set_result(payload)
-            else:
-                future.set_exception(PeerError(*payload))
+            if future is not None and not future.done():
+                future.set_result(result)
+            return
+        _kind, body = protocol.decode(frames)
+        req_id, _ok, (code, reason, errors) = protocol.split_reply(kind, body)
+        future = self.pending.pop(req_id, None)
+        if future is not None and not future.done():  # else: timed out, its caller has answered
+            future.set_exception(PeerError(code, reason, errors))
 
     def stalled_error(self) -> Unavailable:
         return Unavailable(f"{self.name} is stalled: it has not answered for over "
                            f"{(self.stall_s or 0) * 1000:.0f} ms")
 
-    def _send(self, kind: bytes, data: Any) -> Tuple[int, asyncio.Future]:
-        """Send one request now and register the future its reply will resolve:
-        (request id, future). Unavailable if no peer is connected; another
-        failure of the send is raised as it is."""
+    def _send(self, kind: bytes, body_of: Callable[[int], Any]) -> Tuple[int, "asyncio.Future[Any]"]:
+        """Send one request now, its body made for its request id by ``body_of``,
+        and register the future its reply will resolve: (request id, future).
+        Unavailable if no peer is connected; another failure of the send is
+        raised as it is."""
         req_id = next(self.ids)
+        frames = protocol.encode(kind, body_of(req_id))
         # NOBLOCK: the send happens now or fails now, so the returned future is done.
-        sent: Any = self.sock.send_multipart(protocol.encode(kind, [req_id, data]), flags=zmq.NOBLOCK)
+        sent: Any = self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
         failure = sent.exception()
         if isinstance(failure, zmq.Again):
             raise Unavailable(f"{self.name} is not connected")
@@ -162,72 +220,81 @@ class Peer:
         loop = asyncio.get_running_loop()
         if not self.pending:
             self.last_heard = loop.time()  # the clock of silence starts with the first debt
-        future = loop.create_future()
+        future: "asyncio.Future[Any]" = loop.create_future()
         self.pending[req_id] = future
         return req_id, future
 
-    async def request(self, kind: bytes, data: Any, timeout: float) -> Any:
-        """Send one request (a query) and wait for its reply."""
+    async def request(self, kind: bytes, data: Any, timeout: float, shape: Type[T]) -> T:
+        """Send one request (a query) and wait for its reply, decoded as ``shape``."""
         if self.stalled:
             raise self.stalled_error() from None
-        req_id, future = self._send(kind, data)
+        req_id, future = self._send(kind, lambda rid: [rid, data])
         try:
-            return await asyncio.wait_for(future, timeout)
+            raw = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise Unavailable(f"{self.name} did not answer within {timeout:g} s") from None
         finally:
             self.pending.pop(req_id, None)
+        try:
+            return msgspec.msgpack.decode(raw, type=shape)
+        except msgspec.DecodeError as exc:
+            raise PeerError(protocol.ERR_INVALID, f"{self.name} answered a malformed reply: {exc}") from None
 
-    def submit(self, parts: List[Tuple[int, List[WireEvent]]], count: int,
-               timeout: float) -> "asyncio.Future[bytes]":
-        """Queue ``parts`` (``count`` events, by partition) for this worker; they
-        leave, with every other request submitted in the same turn of the event
-        loop, as one STORE message, so that many small requests cost the worker
-        one group and the socket one send. The future gets the statuses of
-        ``parts``' events in order, or the message's exception."""
+    def submit(self, parts: Sequence[Part], timeout: float) -> "asyncio.Future[bytes]":
+        """Queue ``parts`` for this worker; they leave, with every other request
+        submitted in the same turn of the event loop, as one STORE message, so
+        that many small requests cost the worker one group and the socket one
+        send. The future gets the statuses of ``parts``' events in order, or
+        the message's exception."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self.outbox:
+        future: "asyncio.Future[bytes]" = loop.create_future()
+        if self.outbox is None:
+            self.outbox = Outbox()
             # Two turns of the loop, not one: the requests whose bodies uvicorn
             # reads in the next turn join this message too (fewer, larger groups).
             loop.call_soon(loop.call_soon, self._flush, timeout)
-        self.outbox.append((parts, count, future))
-        self.outbox_events += count
+        self.outbox.add(parts, future)
         return future
 
     def _flush(self, timeout: float) -> None:
         """Send the outbox as one STORE. A plain callback, not a task: with one
         event per HTTP request, a task, a coroutine and a ``wait_for`` per
         message were a good part of the front's cost. The reply (or a failure)
-        resolves the message's future; ``_settle`` hands each waiter its part."""
-        batches, self.outbox, count = self.outbox, [], self.outbox_events
-        self.outbox_events = 0
+        resolves the message's future, and the outbox hands each request its part."""
+        outbox, self.outbox = self.outbox, None
+        assert outbox is not None
         if self.stalled:
-            _settle(batches, exc=self.stalled_error())
+            outbox.settle(exc=self.stalled_error())
             return
-        parts = batches[0][0] if len(batches) == 1 else [part for b in batches for part in b[0]]
+        parts, count = outbox.ledger.parts(), outbox.events
+        deadline = time.time() + timeout
         try:
-            req_id, reply = self._send(protocol.STORE, parts)
+            req_id, reply = self._send(protocol.STORE, lambda rid: StoreBody(rid, parts, deadline))
         except Exception as exc:  # every request of the message learns why it was not sent
-            _settle(batches, exc=exc if isinstance(exc, Unavailable)
-                    else Unavailable(f"cannot send to {self.name}: {exc}"))
+            outbox.settle(exc=exc if isinstance(exc, Unavailable)
+                          else Unavailable(f"cannot send to {self.name}: {exc}"))
             return
         self.inflight_events += count
         timer = asyncio.get_running_loop().call_later(timeout, self._time_out, reply, timeout)
 
-        def done(reply: asyncio.Future) -> None:
+        def done(reply: "asyncio.Future[Any]") -> None:
             timer.cancel()
             self.pending.pop(req_id, None)
             self.inflight_events -= count
             if reply.cancelled():
-                _settle(batches, exc=Unavailable(f"{self.name}: shutting down"))
+                outbox.settle(exc=Unavailable(f"{self.name}: shutting down"))
             elif reply.exception() is not None:
-                _settle(batches, exc=reply.exception())
+                outbox.settle(exc=reply.exception())
             else:
-                _settle(batches, statuses=reply.result())
+                try:
+                    statuses = msgspec.msgpack.decode(reply.result(), type=bytes)
+                except msgspec.DecodeError:
+                    outbox.settle(exc=PeerError(protocol.ERR_INVALID, f"{self.name} answered no statuses"))
+                    return
+                outbox.settle(statuses)
         reply.add_done_callback(done)
 
-    def _time_out(self, reply: asyncio.Future, timeout: float) -> None:
+    def _time_out(self, reply: "asyncio.Future[Any]", timeout: float) -> None:
         if not reply.done():
             reply.set_exception(Unavailable(f"{self.name} did not answer within {timeout:g} s"))
 
@@ -242,48 +309,15 @@ class Peer:
         self.sock.close()
 
 
-def _settle(batches: List[Tuple[Any, int, asyncio.Future]], statuses: bytes = b"",
-            exc: Optional[BaseException] = None) -> None:
-    """Give each request of one STORE message its fate: its own slice of the
-    statuses, in the order the requests were queued, or the message's exception."""
-    start = 0
-    for _parts, n, future in batches:
-        if not future.done():
-            if exc is None:
-                future.set_result(statuses[start:start + n])
-            else:
-                future.set_exception(exc)
-        start += n
-
-
-def encode_cursor(position: Dict[int, int]) -> str:
-    return base64.urlsafe_b64encode(protocol.pack(position)).decode().rstrip("=")
-
-
-def decode_cursor(text: str) -> Dict[int, int]:
-    """The per-partition positions of a cursor, or ValueError."""
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        position = protocol.unpack(raw)
-    except (binascii.Error, ValueError, TypeError, Exception):
-        raise ValueError("not a cursor returned by GET /events") from None
-    if not isinstance(position, dict) or not all(
-            isinstance(k, int) and isinstance(v, int) and k >= 0 and v >= 0
-            for k, v in position.items()):
-        raise ValueError("not a cursor returned by GET /events")
-    return position
-
-
 class WorkerPool:
     """Routes events to the worker that owns their partition."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, config: Any) -> None:
-        self.config = config
+    def __init__(self, ctx: zmq.asyncio.Context, config: Config) -> None:
         self.partition_of = PartitionCache(config.partitions)
-        self.peers = [Peer(ctx, endpoint, f"worker {i}", config.limits_stall_s)
+        self.peers = [Peer(ctx, endpoint, f"worker {i}", config.limits.stall_s)
                       for i, endpoint in enumerate(config.worker_endpoints())]
-        self.timeout = config.limits_ack_timeout_s
-        self.max_inflight = config.limits_max_inflight_events
+        self.timeout = config.limits.ack_timeout_s
+        self.max_inflight = config.limits.max_inflight_events
 
     def start(self) -> None:
         for peer in self.peers:
@@ -296,31 +330,19 @@ class WorkerPool:
     def inflight(self) -> List[int]:
         return [peer.inflight_events for peer in self.peers]
 
-    async def store(self, events: Sequence[WireEvent]) -> bytes:
+    def owner(self, partition: int) -> int:
+        return owner_of(partition, len(self.peers))
+
+    async def store(self, events: Sequence[Event]) -> bytes:
         """Commit ``events``; return one status byte per event (1 stored, 0 duplicate)."""
-        by_partition: Dict[int, Tuple[List[int], List[WireEvent]]] = {}
-        partition = self.partition_of
-        for position, event in enumerate(events):
-            p = partition(event[0])
-            group = by_partition.get(p)
-            if group is None:
-                group = by_partition[p] = ([], [])
-            group[0].append(position)
-            group[1].append(event)
-        # worker -> (positions of its events in the order sent, [(partition, events)])
-        groups: Dict[int, Tuple[List[int], List[Tuple[int, List[WireEvent]]]]] = {}
-        workers = len(self.peers)
-        for p, (positions, part) in by_partition.items():
-            order, parts = groups.setdefault(owner_of(p, workers), ([], []))
-            order.extend(positions)
-            parts.append((p, part))
-        for w, (order, _parts) in groups.items():
+        split = Split(events, self.partition_of)
+        by_worker = split.by_owner(self.owner)
+        for w, parts in by_worker.items():
             peer = self.peers[w]
             held = peer.inflight_events + peer.outbox_events
-            if held + len(order) > self.max_inflight and held:
+            if held and held + sum(len(part.events) for part in parts) > self.max_inflight:
                 raise Overloaded(f"{peer.name} has {held} events in flight")
-        workers_used = list(groups)
-        futures = [self.peers[w].submit(groups[w][1], len(groups[w][0]), self.timeout) for w in workers_used]
+        futures = [self.peers[w].submit(parts, self.timeout) for w, parts in by_worker.items()]
         results: List[Any]
         if len(futures) == 1:  # one event, or one worker's: no gather to build and tear down
             try:
@@ -331,32 +353,24 @@ class WorkerPool:
             results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
-                if isinstance(result, PeerError) and result.code == protocol.ERR_INTERNAL:
+                if isinstance(result, PeerError) and result.code in (protocol.ERR_INTERNAL, protocol.ERR_EXPIRED):
                     raise Unavailable(result.reason)
                 raise result
-        if len(workers_used) == 1 and len(by_partition) == 1:
-            return results[0]  # type: ignore[return-value]  # one part: already in request order
-        statuses = bytearray(len(events))
-        for w, result in zip(workers_used, results):
-            for position, status in zip(groups[w][0], result):  # type: ignore[arg-type]
-                statuses[position] = status
-        return bytes(statuses)
+        return split.gather(zip(by_worker.values(), results))
 
     async def page(self, topic: Optional[str], position: Dict[int, int],
-                   limit: int) -> Tuple[List[List[Any]], Dict[int, int]]:
+                   limit: int) -> Tuple[List[StoredRow], Dict[int, int]]:
         """Up to ``limit`` events after ``position`` in processing order, and the
         position after them."""
         if topic is None:
             asked = list(range(len(self.peers)))
         else:
-            asked = [owner_of(self.partition_of(topic), len(self.peers))]
-        query = {"topic": topic, "after": position, "limit": limit}
+            asked = [self.owner(self.partition_of(topic))]
+        query = Query(topic, position, limit)
         results = await asyncio.gather(
-            *(self.peers[w].request(protocol.QUERY, query, self.timeout) for w in asked))
-        rows = [row for result in results for row in result]
-        rows.sort(key=lambda row: (row[7], row[0], row[1]))
-        rows = rows[:limit]
+            *(self.peers[w].request(protocol.QUERY, query, self.timeout, List[StoredRow]) for w in asked))
+        rows = sorted((row for result in results for row in result), key=processing_order)[:limit]
         after = dict(position)
         for row in rows:
-            after[row[0]] = row[1]
+            after[row.partition] = row.seq
         return rows, after

@@ -7,7 +7,7 @@
   acknowledged, so that ``agg-stats --watch`` over ZeroMQ shows the sum of
   every edge's, as ``GET /stats`` does.
 
-Both go as one absolute snapshot (topic ``ctr.front.PID``) whenever either
+Both go as one absolute snapshot (``EDGE``, topic ``ctr.edge.PID``) whenever either
 changes (looked at every 0.1 s), and at least every ``stats.heartbeat_s``.
 Its loop also sends the process's heartbeat to the supervisor
 (``lifecycle.Heartbeat``): it turns only while the event loop does.
@@ -18,19 +18,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Callable, Dict, List
 
 import zmq
 import zmq.asyncio
 
 from . import lifecycle, protocol
+from .config import Config
+from .protocol import EdgeSnapshot
 
 
 class EdgeReporter:
-    def __init__(self, ctx: zmq.asyncio.Context, config: Any, role: str,
+    def __init__(self, ctx: zmq.asyncio.Context, config: Config, role: str,
                  inflight: Callable[[], List[int]]) -> None:
         self.role = role
-        self.interval = config.stats_heartbeat_s
+        self.interval = config.stats.heartbeat_s
         self.rejected: Dict[str, int] = {}
         self.inflight = inflight
         self.sent_inflight: List[int] = []
@@ -40,6 +42,7 @@ class EdgeReporter:
         self.pub.connect(config.endpoint("stats_in"))
         # This loop turns only if the event loop does: it also beats for the process.
         self.heartbeat = lifecycle.Heartbeat(config)
+        self.topic = protocol.TOPIC_EDGE + str(os.getpid()).encode()
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     def reject(self, reason: str) -> None:
@@ -47,11 +50,9 @@ class EdgeReporter:
         self.changed = True
 
     def send(self) -> None:
-        topic = protocol.TOPIC_FRONT + str(os.getpid()).encode()
         self.sent_inflight = self.inflight()
-        self.pub.send_multipart([topic] + protocol.encode(protocol.FRONT, {
-            "pid": os.getpid(), "role": self.role, "rejected": self.rejected,
-            "inflight": self.sent_inflight, "time": time.time()}))
+        snapshot = EdgeSnapshot(os.getpid(), self.role, self.rejected, self.sent_inflight, time.time())
+        self.pub.send_multipart([self.topic] + protocol.encode(protocol.EDGE, snapshot))
         self.changed = False
 
     async def _loop(self) -> None:

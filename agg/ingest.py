@@ -34,8 +34,10 @@ import zmq.asyncio
 from . import config as configmod
 from . import lifecycle, protocol
 from .dispatch import Overloaded, Unavailable, WorkerPool
-from .events import FastMsgpackDecoder, InvalidEvents, Limits, WireEvent, validate_batch
+from .config import Config
 from .edgereport import EdgeReporter
+from .events import FastMsgpackDecoder, InvalidEvents, Limits, validate_batch
+from .protocol import Event
 
 log = logging.getLogger("agg.ingest")
 
@@ -44,20 +46,20 @@ log = logging.getLogger("agg.ingest")
 MAX_CONCURRENT_BATCHES = 64
 
 
-def configure_curve(ctx: zmq.asyncio.Context, sock: zmq.Socket, config: Any) -> Optional[Any]:
+def configure_curve(ctx: zmq.asyncio.Context, sock: zmq.Socket, config: Config) -> Optional[Any]:
     """Make ``sock`` a CURVE server if keys are configured; return the authenticator."""
-    if not config.ingest_curve_secret_key:
+    if not config.ingest.curve_secret_key:
         return None
     import zmq.auth
     from zmq.auth.asyncio import AsyncioAuthenticator
 
-    public, secret = zmq.auth.load_certificate(config.ingest_curve_secret_key)
+    public, secret = zmq.auth.load_certificate(config.ingest.curve_secret_key)
     if secret is None:
         raise configmod.ConfigError(
-            f"ingest.curve_secret_key: {config.ingest_curve_secret_key} holds no secret key")
+            f"ingest.curve_secret_key: {config.ingest.curve_secret_key} holds no secret key")
     auth = AsyncioAuthenticator(ctx)
     auth.start()
-    clients = config.ingest_curve_clients_dir
+    clients = config.ingest.curve_clients_dir
     if not clients:
         raise configmod.ConfigError("ingest.curve_clients_dir: required with ingest.curve_secret_key")
     auth.configure_curve(domain="*", location=clients)
@@ -68,17 +70,17 @@ def configure_curve(ctx: zmq.asyncio.Context, sock: zmq.Socket, config: Any) -> 
 
 
 class Ingest:
-    def __init__(self, config: configmod.Config) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.limits = Limits.from_config(config)
         self.fast = FastMsgpackDecoder(self.limits)
         self.ctx = zmq.asyncio.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 1000)
-        self.router.setsockopt(zmq.MAXMSGSIZE, config.limits_max_frame_bytes)
+        self.router.setsockopt(zmq.MAXMSGSIZE, config.limits.max_frame_bytes)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.auth = configure_curve(self.ctx, self.router, config)
-        self.router.bind(config.ingest_endpoint)
+        self.router.bind(config.ingest.endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pool = WorkerPool(self.ctx, config)
         self.reporter = EdgeReporter(self.ctx, config, "ingest", self.pool.inflight)
@@ -120,15 +122,15 @@ class Ingest:
             return
         await self.store(rid, req_id, events)
 
-    async def store(self, rid: bytes, req_id: Any, events: List[WireEvent]) -> None:
+    async def store(self, rid: bytes, req_id: Any, events: List[Event]) -> None:
         try:
             statuses = await self.pool.store(events)
         except Overloaded as exc:
             await self.reply(rid, protocol.encode_err(
-                req_id, protocol.ERR_OVERLOAD, f"{exc}; retry after {self.config.limits_retry_after_s} s"))
+                req_id, protocol.ERR_OVERLOAD, f"{exc}; retry after {self.config.limits.retry_after_s} s"))
         except Unavailable as exc:
             await self.reply(rid, protocol.encode_err(
-                req_id, protocol.ERR_UNAVAILABLE, f"{exc}; retry after {self.config.limits_retry_after_s} s"))
+                req_id, protocol.ERR_UNAVAILABLE, f"{exc}; retry after {self.config.limits.retry_after_s} s"))
         else:
             await self.reply(rid, protocol.encode_ok(req_id, statuses))
 
@@ -153,7 +155,7 @@ class Ingest:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         if self.tasks:
-            await asyncio.wait(self.tasks, timeout=self.config.supervisor_grace_s)
+            await asyncio.wait(self.tasks, timeout=self.config.supervisor.grace_s)
 
     def close(self) -> None:
         self.reporter.close()
@@ -164,11 +166,11 @@ class Ingest:
         self.ctx.term()
 
 
-async def _run(config: configmod.Config, stop: lifecycle.StopFlag) -> int:
+async def _run(config: Config, stop: lifecycle.StopFlag) -> int:
     try:
         ingest = Ingest(config)
     except zmq.ZMQError as exc:
-        log.error("ingest.endpoint: cannot bind %s: %s", config.ingest_endpoint, exc)
+        log.error("ingest.endpoint: cannot bind %s: %s", config.ingest.endpoint, exc)
         return 1
     except configmod.ConfigError as exc:
         log.error("%s", exc)
@@ -182,7 +184,7 @@ async def _run(config: configmod.Config, stop: lifecycle.StopFlag) -> int:
     return 0
 
 
-def run(config: configmod.Config) -> int:
+def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
     status = lifecycle.run_loop(_run(config, stop))
     log.info("stopped")

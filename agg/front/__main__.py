@@ -1,0 +1,5 @@
+"""``python -m agg.front``: the HTTP front alone."""
+
+from .server import main
+
+raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""What the front's resources share: its sockets (``Backends``, a Falcon
+middleware for the lifespan only: opened at ASGI startup, closed at shutdown)
+and the shapes of its answers. Errors are Falcon's typed HTTP errors, rendered
+as JSON ``{"title", "description"[, "errors"]}``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import falcon
+import falcon.asgi
+import orjson
+import zmq
+import zmq.asyncio
+
+from .. import metrics, protocol
+from ..config import Config
+from ..dispatch import Peer, PeerError, Unavailable, WorkerPool
+from ..edgereport import EdgeReporter
+
+
+class InvalidRequest(falcon.HTTPUnprocessableEntity):
+    """422 whose JSON body also lists every problem: ``errors: [{index, field, message}]``."""
+
+    def __init__(self, description: str, errors: Optional[List[Dict[str, Any]]] = None) -> None:
+        super().__init__(title="Invalid request", description=description)
+        self.errors = errors or []
+
+    def to_dict(self, obj_type: Any = dict) -> Any:
+        body: Any = super().to_dict(obj_type)
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+def unavailable(reason: str, retry_after: int) -> falcon.HTTPServiceUnavailable:
+    return falcon.HTTPServiceUnavailable(
+        title="Service unavailable", description=reason + "; nothing of this request was "
+        "acknowledged, resend it (duplicates are dropped)", retry_after=retry_after)
+
+
+def json_response(resp: falcon.asgi.Response, body: Any) -> None:
+    resp.data = orjson.dumps(body)
+    resp.content_type = falcon.MEDIA_JSON
+
+
+class Backends:
+    """The front's sockets: opened at ASGI startup, closed at shutdown."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx: Optional[zmq.asyncio.Context] = None
+        self.metrics = metrics.FrontMetrics()
+        self.retry_after = config.limits.retry_after_s
+
+    async def process_startup(self, scope: Any, event: Any) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.pool = WorkerPool(self.ctx, self.config)
+        self.pool.start()
+        self.stats = Peer(self.ctx, self.config.endpoint("stats"), "stats")
+        self.stats.start()
+        self.reporter = EdgeReporter(self.ctx, self.config, "front", self.pool.inflight)
+
+    async def process_shutdown(self, scope: Any, event: Any) -> None:
+        self.reporter.close()
+        self.pool.close()
+        self.stats.close()
+        assert self.ctx is not None
+        self.ctx.term()
+
+    def reject(self, reason: str) -> None:
+        self.reporter.reject(reason)
+
+    async def ask_stats(self) -> Dict[str, Any]:
+        try:
+            return await self.stats.request(protocol.STATS, {}, min(self.config.limits.ack_timeout_s, 2.0),
+                                            Dict[str, Any])
+        except (Unavailable, PeerError) as exc:
+            raise unavailable(f"the stats process is not answering ({exc})", self.retry_after) from None

@@ -1,0 +1,94 @@
+"""The front's server: uvicorn serving ``create_app(config)`` on a socket bound here."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import signal
+import socket
+from typing import Any, Iterator, List, Optional, Sequence
+
+import uvicorn
+
+from .. import config as configmod
+from .. import lifecycle
+from ..config import Config
+from .app import create_app
+
+log = logging.getLogger("agg.front")
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, announcing READY once listening, and stopping on our signals."""
+
+    def __init__(self, config: uvicorn.Config, agg_config: Config, endpoint: str) -> None:
+        super().__init__(config)
+        self.agg_config = agg_config
+        self.endpoint = endpoint
+
+    async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            log.info("listening on %s", self.endpoint)
+            lifecycle.announce_ready(self.agg_config, "front", 0, self.endpoint)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def handle(signum: int, frame: Any) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handle)}
+        previous[signal.SIGINT] = signal.signal(
+            signal.SIGINT, signal.SIG_IGN if lifecycle.supervised() else handle)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def run(config: Config) -> int:
+    lifecycle.die_with_supervisor()
+    try:
+        sock = bind_socket(config.http.host, config.http.port)
+    except OSError as exc:
+        log.error("cannot bind %s:%s: %s", config.http.host, config.http.port, exc.strerror)
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    endpoint = f"http://{shown}:{port}"
+    uv_config = uvicorn.Config(
+        create_app(config), lifespan="on", access_log=False, log_config=None,
+        log_level=config.log_level, timeout_graceful_shutdown=math.ceil(config.supervisor.grace_s),
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        # Nothing here reads the client's address, so no per-request X-Forwarded-For pass.
+        proxy_headers=False,
+        http="httptools" if _has("httptools") else "h11")
+    server = Server(uv_config, config, endpoint)
+    server.run(sockets=[sock])
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    _args, config = configmod.from_command_line("agg-front", "run the agg HTTP front", argv)
+    lifecycle.setup_logging("front", config.log_level)
+    return run(config)
