@@ -29,9 +29,9 @@ setup(
     entry_points={
         "console_scripts": [
             "agg=agg.cli:main",
-            "agg-publish=agg.publish:main",
-            "agg-stats=agg.statscli:main",
-            "agg-bench=agg.bench:main",
+            "agg-publish=agg.tools.publish:main",
+            "agg-stats=agg.tools.statscli:main",
+            "agg-bench=agg.tools.bench:main",
         ],
     },
 )

@@ -29,12 +29,12 @@ def test_tokens_guard_publish_and_reads(agg_factory) -> None:
     assert http_request(url + "/health")[0] == 200  # open, for load balancers and probes
 
     env = {**os.environ, "AGG_PUBLISH_TOKEN": PUBLISH, "AGG_READ_TOKEN": READ}
-    out = subprocess.run([sys.executable, "-m", "agg.publish", "--url", url, "--events", "100", "--json"],
+    out = subprocess.run([sys.executable, "-m", "agg.tools.publish", "--url", url, "--events", "100", "--json"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout)["acknowledged"] == 100, out.stderr
 
     def stats():
-        out = subprocess.run([sys.executable, "-m", "agg.statscli", "--url", url, "--json"],
+        out = subprocess.run([sys.executable, "-m", "agg.tools.statscli", "--url", url, "--json"],
                              capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from agg.bench import make_event, timestamp_of, workload
+from agg.tools.bench.workload import make_event, timestamp_of, workload
 
 
 def test_the_workload_is_deterministic_with_resends_and_varied_timestamps() -> None:
@@ -27,7 +27,7 @@ def test_the_workload_is_deterministic_with_resends_and_varied_timestamps() -> N
 
 def test_agg_bench_runs_every_path_and_counts_every_event(tmp_path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agg.bench", "--events", "3000", "--single-events", "300",
+        [sys.executable, "-m", "agg.tools.bench", "--events", "3000", "--single-events", "300",
          "--batch-size", "500", "--time-limit", "120", "--dir", str(tmp_path), "--json"],
         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr

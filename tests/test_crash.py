@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from agg.publish import make_events
+from agg.tools.publish import make_events
 from conftest import AggSystem, wait_until
 
 
@@ -14,7 +14,7 @@ def test_worker_sigkill_during_load_leaves_exactly_the_unique_set(agg_factory) -
     system: AggSystem = agg_factory(limits_ack_timeout_s=3)
     count, seed = 60000, 11
     publisher = subprocess.Popen(
-        [sys.executable, "-m", "agg.publish", "--url", system.url, "--json", "--events", str(count),
+        [sys.executable, "-m", "agg.tools.publish", "--url", system.url, "--json", "--events", str(count),
          "--seed", str(seed), "--batch-size", "100", "--concurrency", "4", "--max-backoff", "0.5",
          "--time-limit", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

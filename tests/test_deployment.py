@@ -16,7 +16,7 @@ ENV_NAMES = {configmod.env_name(s.key) for s in configmod.SCHEMA}
 
 def console_scripts():
     with open(os.path.join(ROOT, "setup.py")) as fh:
-        return set(re.findall(r'"([a-z-]+)=agg\.[a-z]+:main"', fh.read()))
+        return set(re.findall(r'"([a-z-]+)=agg(?:\.[a-z]+)+:main"', fh.read()))
 
 
 def check_services(services) -> None:

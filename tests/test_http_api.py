@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from agg.bench import publish_request, read_response
+from agg.client import publish_request, read_response
 from conftest import AggSystem, http_request, make_event, wait_until
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from agg import protocol
 from agg.client import AsyncPublisher, Publisher
 from agg.partition import partition_of
-from agg.publish import make_events
+from agg.tools.publish import make_events
 from conftest import AggSystem, make_event, wait_until
 
 
@@ -54,7 +54,7 @@ def raw(agg: AggSystem):
 
 def test_native_demo_gives_the_same_figures_as_http(agg: AggSystem) -> None:
     def run():
-        out = subprocess.run([sys.executable, "-m", "agg.publish", "--transport", "zmq",
+        out = subprocess.run([sys.executable, "-m", "agg.tools.publish", "--transport", "zmq",
                               "--endpoint", agg.ingest, "--json", "--seed", "3"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr

@@ -48,7 +48,7 @@ def test_agg_stats_watch_draws_live_frames_and_says_when_agg_is_down(agg: AggSys
     import sys
     assert agg.post("/publish", {"events": [make_event(event_id=f"w{i}") for i in range(10)]})[0] == 200
     agg.wait_stats(10, 10, 0)
-    out = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", agg.endpoints["stats"],
+    out = subprocess.run([sys.executable, "-m", "agg.tools.statscli", "--endpoint", agg.endpoints["stats"],
                           "--watch", "--count", "2", "--interval", "0.2"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -56,11 +56,11 @@ def test_agg_stats_watch_draws_live_frames_and_says_when_agg_is_down(agg: AggSys
     assert len(frames) == 2
     assert "in 0/s" in frames[1]  # a rate, once there is a previous frame
     assert "user.created" in out.stdout and "up" in out.stdout
-    down = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
+    down = subprocess.run([sys.executable, "-m", "agg.tools.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
                            "--watch", "--count", "1", "--timeout", "0.2"],
                           capture_output=True, text=True, timeout=30)
     assert down.returncode == 0 and "agg is not running" in down.stdout
-    once = subprocess.run([sys.executable, "-m", "agg.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
+    once = subprocess.run([sys.executable, "-m", "agg.tools.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
                            "--timeout", "0.2"], capture_output=True, text=True, timeout=30)
     assert once.returncode == 1 and "agg is not running" in once.stderr
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 from agg.partition import partition_of
-from agg.publish import make_events
+from agg.tools.publish import make_events
 from conftest import AggSystem, make_event, wait_until
 
 
@@ -82,7 +82,7 @@ def test_sustained_overload_is_refused_with_503_and_memory_stays_bounded(agg_fac
     pids = [system.proc.pid, *system.endpoints["children"].values()]
     seeds = [31, 32, 33, 34]
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "agg.publish", "--url", system.url, "--json", "--events", "30000",
+        [sys.executable, "-m", "agg.tools.publish", "--url", system.url, "--json", "--events", "30000",
          "--seed", str(seed), "--batch-size", "500", "--concurrency", "8", "--retries", "10000",
          "--max-backoff", "0.05", "--time-limit", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in seeds]

@@ -8,7 +8,7 @@ from conftest import AggSystem
 
 
 def run_publisher(url: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "agg.publish", "--url", url, "--json", *args],
+    out = subprocess.run([sys.executable, "-m", "agg.tools.publish", "--url", url, "--json", *args],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
     return json.loads(out.stdout)

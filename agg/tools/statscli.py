@@ -20,8 +20,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, Optional, Sequence
 
-from . import config as configmod
-from .client import NotRunning, query_stats
+from .. import config as configmod
+from ..client import NotRunning, query_stats
 
 
 def fetch_http(url: str, timeout: float) -> Dict[str, Any]:

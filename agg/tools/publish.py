@@ -18,22 +18,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import json
 import os
 import random
 import sys
 import threading
 import time
-import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import zmq
 
-from .client import Publisher, PublishResult, server_key_of
-
-Summary = PublishResult
+from ..client import HttpPublisher, Publisher, PublishResult, server_key_of
 
 DEFAULT_TOPICS = ("user.created", "order.placed", "payment.processed", "inventory.updated",
                   "email.sent", "session.started", "cart.abandoned", "shipment.dispatched")
@@ -94,120 +89,6 @@ class Progress:
             sys.stderr.write("\n")
 
 
-class Retry(Exception):
-    """A transient failure: resend after ``delay`` seconds (or the backoff)."""
-
-    def __init__(self, reason: str, delay: Optional[float] = None) -> None:
-        super().__init__(reason)
-        self.delay = delay
-
-
-class Rejected(Exception):
-    """agg refused the batch as invalid: resending it will not help."""
-
-
-class HttpSender:
-    """POSTs batches to /publish over one keep-alive connection per thread."""
-
-    def __init__(self, url: str, timeout: float) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise ValueError(f"--url must be http://HOST:PORT, got {url!r}")
-        self.host = parsed.hostname
-        self.port = parsed.port or 80
-        self.path = (parsed.path.rstrip("/") or "") + "/publish"
-        self.timeout = timeout
-        self.local = threading.local()
-        self.headers = {"Content-Type": "application/json"}
-        token = os.environ.get("AGG_PUBLISH_TOKEN")
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        return conn
-
-    def send(self, batch: List[Dict[str, Any]]) -> List[int]:
-        """Send one batch; return the count stored and duplicated as [stored, dups]."""
-        body = json.dumps({"events": batch}).encode()
-        conn = self._connection()
-        try:
-            conn.request("POST", self.path, body=body, headers=self.headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            self.local.conn = None
-            raise Retry(f"connection: {exc or type(exc).__name__}") from None
-        if resp.status == 200:
-            answer = json.loads(data)
-            return [answer["stored"], answer["duplicates"]]
-        if resp.status in (502, 503, 504):
-            retry_after = resp.getheader("Retry-After")
-            raise Retry(f"HTTP {resp.status}: {_reason(data)}",
-                        float(retry_after) if retry_after and retry_after.isdigit() else None)
-        raise Rejected(f"HTTP {resp.status}: {_reason(data)}")
-
-    def close(self) -> None:
-        pass
-
-
-def _reason(data: bytes) -> str:
-    try:
-        body = json.loads(data)
-        return str(body.get("description") or body.get("title") or body)[:300]
-    except ValueError:
-        return data[:200].decode("utf-8", "replace")
-
-
-def publish(events: List[Dict[str, Any]], send: Callable[[List[Dict[str, Any]]], List[int]],
-            batch_size: int, concurrency: int, max_retries: int, max_backoff: float,
-            deadline: float, progress: Optional[Progress] = None) -> Summary:
-    """Send ``events`` in batches with retries; return what was acknowledged."""
-    summary = Summary(events=len(events))
-    lock = threading.Lock()
-    batches = [events[i:i + batch_size] for i in range(0, len(events), batch_size)]
-    summary.batches = len(batches)
-    start = time.monotonic()
-
-    def one(batch: List[Dict[str, Any]]) -> None:
-        attempt = 0
-        while True:
-            try:
-                stored, dups = send(batch)
-            except Retry as exc:
-                attempt += 1
-                with lock:
-                    summary.retries += 1
-                if attempt > max_retries or time.monotonic() > deadline:
-                    with lock:
-                        summary.failed += len(batch)
-                        summary.errors.append(f"gave up after {attempt} tries: {exc}")
-                    return
-                backoff = min(max_backoff, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                time.sleep(min(max_backoff, exc.delay) if exc.delay is not None else backoff)
-                continue
-            except Rejected as exc:
-                with lock:
-                    summary.rejected += len(batch)
-                    summary.errors.append(str(exc))
-                return
-            with lock:
-                summary.acknowledged += len(batch)
-                summary.stored += stored
-                summary.duplicates += dups
-            if progress:
-                progress.advance(len(batch))
-            return
-
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(one, batches))
-    summary.elapsed = time.monotonic() - start
-    return summary
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agg-publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--transport", choices=("http", "zmq"), default="http",
@@ -248,27 +129,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "--topics not empty")
     events = make_events(args.events, args.duplicates, args.seed, topics)
     progress = Progress(len(events), sys.stderr.isatty() and not args.no_progress)
-    if args.transport == "zmq":
-        try:
+    publisher: Any
+    try:
+        if args.transport == "zmq":
             server_key = server_key_of(args.curve_server_key) if args.curve_server_key else None
-            publisher = Publisher(args.endpoint, batch_size=args.batch_size,
-                                  max_inflight=args.concurrency, ack_timeout=args.timeout,
-                                  max_retries=args.retries, max_backoff=args.max_backoff,
-                                  curve_server_key=server_key,
+            publisher = Publisher(args.endpoint, batch_size=args.batch_size, max_inflight=args.concurrency,
+                                  ack_timeout=args.timeout, max_retries=args.retries,
+                                  max_backoff=args.max_backoff, curve_server_key=server_key,
                                   curve_client_cert=args.curve_client_cert)
-        except (OSError, ValueError) as exc:
-            parser.error(f"--curve-*: {exc}")
-        except zmq.ZMQError as exc:
-            parser.error(f"--endpoint {args.endpoint}: {exc}")
-        with publisher:
-            summary = publisher.publish(events, progress.advance)
-    else:
-        try:
-            sender = HttpSender(args.url, args.timeout)
-        except ValueError as exc:
-            parser.error(str(exc))
-        summary = publish(events, sender.send, args.batch_size, args.concurrency, args.retries,
-                          args.max_backoff, time.monotonic() + args.time_limit, progress)
+        else:
+            publisher = HttpPublisher(args.url, batch_size=args.batch_size, max_inflight=args.concurrency,
+                                      ack_timeout=args.timeout, max_retries=args.retries,
+                                      max_backoff=args.max_backoff)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    except zmq.ZMQError as exc:
+        parser.error(f"--endpoint {args.endpoint}: {exc}")
+    try:
+        summary: PublishResult = publisher.publish(events, progress.advance, time_limit=args.time_limit)
+    finally:
+        if args.transport == "zmq":
+            publisher.close()
     progress.finish()
     print(json.dumps(summary.to_json()) if args.json else summary.render())
     return 0 if summary.acknowledged == summary.events else 1

@@ -1,0 +1,5 @@
+"""``python -m agg.tools.bench`` is ``agg-bench``."""
+
+from . import main
+
+raise SystemExit(main())

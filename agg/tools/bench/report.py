@@ -1,0 +1,79 @@
+"""agg-bench's figures: a run's results summarised, and the table printed."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+WINDOW = 100_000  # "first and last 100k events"
+
+
+def summarize(results: List[Tuple[float, float, int]]) -> Dict[str, Any]:
+    if not results:
+        return {"events": 0, "events_per_s": 0.0}
+    start = min(r[0] for r in results)
+    end = results[-1][1]
+    events = sum(r[2] for r in results)
+    lat = sorted((r[1] - r[0]) * 1000 for r in results)
+    out = {
+        "events": events,
+        "requests": len(results),
+        "seconds": round(end - start, 3),
+        "events_per_s": round(events / max(end - start, 1e-9), 1),
+        "p50_ms": round(lat[len(lat) // 2], 2),
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2),
+    }
+    if events >= 2 * WINDOW:
+        out["first_100k_per_s"] = round(_window_rate(results, first=True), 1)
+        out["last_100k_per_s"] = round(_window_rate(results, first=False), 1)
+    return out
+
+
+def _window_rate(results: List[Tuple[float, float, int]], first: bool) -> float:
+    """Events/s over the first (or the last) 100k acknowledged events; ``results``
+    are (sent, acknowledged, events) sorted by acknowledgement."""
+    count = 0
+    if first:
+        start = results[0][0]
+        for _sent, acked, n in results:
+            count += n
+            if count >= WINDOW:
+                return count / max(acked - start, 1e-9)
+    else:
+        end = results[-1][1]
+        for i in range(len(results) - 1, 0, -1):
+            count += results[i][2]
+            if count >= WINDOW:
+                return count / max(end - results[i - 1][1], 1e-9)
+    return 0.0
+
+
+def _maybe(rate: Optional[float]) -> str:
+    """A rate, or '-' where the run was shorter than two windows of 100k."""
+    return "-" if rate is None else f"{rate:,.0f}"
+
+
+def render(report: Dict[str, Any]) -> str:
+    lines = [f"agg-bench: {report['config']}",
+             f"disk fsync latency: p50 {report['fsync']['p50_ms']} ms, p99 {report['fsync']['p99_ms']} ms",
+             f"seed demo (5,000 events, 20% duplicates, HTTP batches of 500): "
+             f"{report['seed_demo_s'] * 1000:.0f} ms end to end", ""]
+    head = (f"{'path':<12} {'events':>9} {'acked ev/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'half-load p50/p99 ms':>21} {'first 100k/s':>12} {'last 100k/s':>12} {'restart s':>9}")
+    lines.append(head)
+    lines.append("-" * len(head))
+    for row in report["paths"]:
+        f, h = row["full"], row["half_load"]
+        lines.append(
+            f"{row['path']:<12} {f['events']:>9,} {f['events_per_s']:>11,.0f} {f['p50_ms']:>7} "
+            f"{f['p99_ms']:>7} {str(h.get('p50_ms')) + ' / ' + str(h.get('p99_ms')):>21} "
+            f"{_maybe(f.get('first_100k_per_s')):>12} {_maybe(f.get('last_100k_per_s')):>12} "
+            f"{row['restart_after_kill_s']:>9}")
+    lines.append("")
+    lines.append("restart s: from SIGKILL of every agg process to ready again, on the data just written")
+    lines.append("CPU µs per acknowledged event, at full load: " + "; ".join(
+        f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row["cpu_us_per_event"].items())
+        for row in report["paths"]))
+    lines.append("peak RSS, MiB: " + "; ".join(
+        f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mib"].items())
+        for row in report["paths"]))
+    return "\n".join(lines)
