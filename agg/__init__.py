@@ -1,7 +1,8 @@
 """agg: an event aggregator with exact, durable dedup.
 
-See README.md for the processes and ../DESIGN for the promises; each actor
-lives in its own module (front, ingest, worker, stats, supervisor).
+README.md describes the processes and what each module is: actors (``front``,
+``ingest``, ``worker``, ``stats``, ``supervisor``), the libraries they share,
+``storage``, and the ``tools`` that use agg from outside.
 """
 
 __version__ = "0.1.0"

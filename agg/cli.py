@@ -5,6 +5,7 @@ workers live on other hosts or in their own containers)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Optional, Sequence
 
@@ -18,8 +19,9 @@ ACTORS = ("front", "worker", "stats", "ingest")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ACTORS:
-        module = __import__(f"agg.{argv[0]}", fromlist=["main"])
-        return module.main(argv[1:])
+        module = importlib.import_module(f"agg.{argv[0]}")
+        status: int = module.main(argv[1:])
+        return status
     parser = argparse.ArgumentParser(prog="agg", description=(
         "agg: an event aggregator with exact, durable dedup. "
         "'agg run' starts everything; 'agg front|worker|stats|ingest --help' runs one actor."))

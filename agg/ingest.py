@@ -38,6 +38,7 @@ from .config import Config
 from .edgereport import EdgeReporter
 from .events import FastMsgpackDecoder, InvalidEvents, Limits, validate_batch
 from .protocol import Event
+from .sockets import adrain
 
 log = logging.getLogger("agg.ingest")
 
@@ -141,11 +142,7 @@ class Ingest:
         while not stop:
             if not await poller.poll(100):
                 continue
-            while True:
-                try:
-                    frames = await self.router.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            async for frames in adrain(self.router):
                 rid, rest = frames[0], frames[1:]
                 if len(self.tasks) >= MAX_CONCURRENT_BATCHES:
                     await self.reply(rid, protocol.encode_err(

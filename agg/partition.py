@@ -92,4 +92,4 @@ def ensure_data_dir(data_dir: str, partitions: int) -> Dict[str, int]:
             f"partitions: the data directory {data_dir} was created with {recorded} partitions, "
             f"the configuration asks for {partitions}; changing it would break dedup, "
             f"so start with --partitions {recorded}")
-    return meta
+    return {"format": int(meta.get("format", META_FORMAT)), "partitions": recorded}

@@ -1,10 +1,11 @@
-"""Small helpers for ZeroMQ sockets, shared by every process."""
+"""The one NOBLOCK receive loop, for every process's ZeroMQ sockets."""
 
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import AsyncIterator, Iterator, List
 
 import zmq
+import zmq.asyncio
 
 
 def drain(sock: zmq.Socket) -> Iterator[List[bytes]]:
@@ -14,5 +15,14 @@ def drain(sock: zmq.Socket) -> Iterator[List[bytes]]:
     while True:
         try:
             yield recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+async def adrain(sock: zmq.asyncio.Socket) -> AsyncIterator[List[bytes]]:
+    """``drain`` for an asyncio socket."""
+    while True:
+        try:
+            yield await sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return

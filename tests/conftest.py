@@ -11,6 +11,7 @@ and the test fails.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -23,6 +24,10 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+import zmq
+
+from agg import protocol
+from agg.partition import partition_of
 
 STOP_TIMEOUT = 30.0
 
@@ -65,6 +70,48 @@ def http_request(url: str, method: str = "GET", body: Any = None, raw: Optional[
     except ValueError:
         parsed_body = payload
     return resp.status, hdrs, parsed_body
+
+
+def topic_in(partition: int, partitions: int = 8) -> str:
+    """A topic of ``partition``."""
+    return next(t for t in (f"topic.{i}" for i in itertools.count()) if partition_of(t, partitions) == partition)
+
+
+def topic_of_worker(index: int, workers: int = 2, partitions: int = 8) -> str:
+    """A topic whose partition worker ``index`` owns (partition p is worker p % workers's)."""
+    return next(t for t in (f"t{i}" for i in itertools.count())
+                if partition_of(t, partitions) % workers == index)
+
+
+class RawClient:
+    """A DEALER speaking agg's frames to an ingest, a worker or the stats process."""
+
+    def __init__(self, endpoint: str, **sockopts: Any) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for name, value in sockopts.items():
+            setattr(self.sock, name, value)
+        self.sock.connect(endpoint)
+        self.ids = itertools.count(1)
+
+    def ask(self, frames: List[bytes], timeout: float = 5.0) -> Optional[Tuple[bytes, Any]]:
+        """Send raw ``frames``; (kind, body) of the answer, or None if none came in time."""
+        self.sock.send_multipart(frames)
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return protocol.decode(self.sock.recv_multipart())
+
+    def request(self, kind: bytes, body: Any, timeout: float = 10.0) -> Tuple[bool, Any]:
+        """Send one request of ``kind``; (ok, payload) of its answer, matched by id."""
+        req_id = next(self.ids)
+        answer = self.ask(protocol.encode(kind, [req_id, body]), timeout)
+        assert answer is not None, "no answer"
+        answer_id, ok, payload = protocol.split_reply(*answer)
+        assert answer_id == req_id
+        return ok, payload
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def make_event(topic: str = "user.created", event_id: str = "evt-1", **extra: Any) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from agg.client import publish_request, read_response
-from conftest import AggSystem, http_request, make_event, wait_until
+from conftest import AggSystem, http_request, make_event, topic_of_worker, wait_until
 
 
 def events_of(system: AggSystem, query: str = ""):
@@ -212,9 +212,7 @@ def test_health_and_publish_say_503_when_a_worker_is_stopped(agg_factory) -> Non
         status, _, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(system.get("/health")),
                                      message="/health to notice")
         assert body["status"] == "unhealthy" and body["missing"] == ["worker 0"]
-        # Find a topic of worker 0 (partition p is owned by worker p % 2).
-        from agg.partition import partition_of
-        topic = next(t for t in (f"t{i}" for i in range(100)) if partition_of(t, 8) % 2 == 0)
+        topic = topic_of_worker(0)
         status, headers, body = system.post("/publish", make_event(topic=topic))
         assert status == 503 and headers["retry-after"] == "2"
         assert "worker 0" in body["description"]

@@ -9,7 +9,6 @@ import sys
 
 import msgpack
 import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,28 +16,7 @@ from agg import protocol
 from agg.client import AsyncPublisher, Publisher
 from agg.partition import partition_of
 from agg.tools.publish import make_events
-from conftest import AggSystem, make_event, wait_until
-
-
-class RawClient:
-    """A DEALER speaking raw frames, one request at a time."""
-
-    def __init__(self, endpoint: str, **sockopts) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        for name, value in sockopts.items():
-            setattr(self.sock, name, value)
-        self.sock.connect(endpoint)
-
-    def ask(self, frames, timeout: float = 5.0):
-        self.sock.send_multipart(frames)
-        if not self.sock.poll(int(timeout * 1000)):
-            return None
-        kind, body = protocol.decode(self.sock.recv_multipart())
-        return kind, body
-
-    def close(self) -> None:
-        self.sock.close()
+from conftest import AggSystem, RawClient, make_event, wait_until
 
 
 def batch_frames(req_id, events):

@@ -5,7 +5,7 @@ import falcon.inspect
 from agg import config as configmod
 from agg import openapi
 from agg.front import create_app
-from conftest import AggSystem, http_request, make_event, wait_until
+from conftest import AggSystem, http_request, make_event, topic_of_worker, wait_until
 
 
 def test_openapi_describes_exactly_the_routes_of_the_app() -> None:
@@ -75,9 +75,8 @@ def test_queue_depth_reaches_agg_stats_over_zeromq_from_every_edge(agg_factory) 
     import signal
 
     from agg.client import Publisher, query_stats
-    from agg.partition import partition_of
     system: AggSystem = agg_factory(limits_stall_s=20, limits_ack_timeout_s=20)
-    topic = next(t for t in (f"t{i}" for i in range(1000)) if partition_of(t, 8) % 2 == 1)
+    topic = topic_of_worker(1)
 
     def depth() -> list:
         return query_stats(system.endpoints["stats"])["inflight_events"]

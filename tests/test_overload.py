@@ -7,14 +7,8 @@ import subprocess
 import sys
 import time
 
-from agg.partition import partition_of
 from agg.tools.publish import make_events
-from conftest import AggSystem, make_event, wait_until
-
-
-def topic_of_worker(index: int, workers: int = 2, partitions: int = 8) -> str:
-    return next(t for t in (f"t{i}" for i in range(1000))
-                if partition_of(t, partitions) % workers == index)
+from conftest import AggSystem, RawClient, make_event, topic_of_worker, wait_until
 
 
 def test_a_stopped_worker_gets_503_at_once_and_recovers(agg_factory) -> None:
@@ -43,27 +37,21 @@ def test_a_stopped_worker_gets_503_at_once_and_recovers(agg_factory) -> None:
 
 
 def test_a_stopped_worker_gets_an_error_frame_natively(agg_factory) -> None:
-    import msgpack
-    import zmq
-
     from agg import protocol
     system: AggSystem = agg_factory(limits_stall_s=0.1)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(system.ingest)
+    client = RawClient(system.ingest)
     pid = system.child_pid("worker.0")
     os.kill(pid, signal.SIGSTOP)
     try:
         for i in range(2):
-            sock.send_multipart([protocol.VERSION, protocol.BATCH,
-                                 msgpack.packb([i, [make_event(topic=topic_of_worker(0))]])])
-            assert sock.poll(2000), "no answer while the worker is stopped"
-            kind, (req_id, code, reason, _errors) = protocol.decode(sock.recv_multipart())
+            answer = client.ask(protocol.encode(protocol.BATCH, [i, [make_event(topic=topic_of_worker(0))]]), 2)
+            assert answer is not None, "no answer while the worker is stopped"
+            kind, (req_id, code, reason, _errors) = answer
             assert (kind, req_id, code) == (protocol.ERR, i, protocol.ERR_UNAVAILABLE)
             assert "worker 0" in reason and "retry" in reason
     finally:
         os.kill(pid, signal.SIGCONT)
-        sock.close()
+        client.close()
 
 
 def rss_mib(pids) -> float:

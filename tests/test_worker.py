@@ -9,48 +9,24 @@ path refuses.
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 from typing import Any, List, Tuple
 
 import pytest
-import zmq
 
 from agg import protocol
-from agg.partition import partition_of, partitions_of_worker, shard_path
+from agg.partition import partitions_of_worker, shard_path
+from conftest import RawClient, topic_in
 
 PARTITIONS = 8
 WORKERS = 2
 
 
-def topic_in(partition: int) -> str:
-    return next(t for t in (f"topic.{i}" for i in itertools.count())
-                if partition_of(t, PARTITIONS) == partition)
-
-
-class WorkerClient:
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.ids = itertools.count(1)
-
+class WorkerClient(RawClient):
     def send(self, events: List[Any]) -> Tuple[bool, Any]:
         """Send ``events`` ([partition, event...] each) as a STORE, each event in
         a part of its own (the worker joins the parts of one partition)."""
         return self.request(protocol.STORE, [[ev[0], [ev[1:]]] for ev in events])
-
-    def request(self, kind: bytes, body: Any) -> Tuple[bool, Any]:
-        """Send one request of ``kind``; (ok, payload) of its answer."""
-        req_id = next(self.ids)
-        self.sock.send_multipart(protocol.encode(kind, [req_id, body]))
-        assert self.sock.poll(10_000), "the worker did not answer"
-        answer_id, ok, payload = protocol.split_reply(*protocol.decode(self.sock.recv_multipart()))
-        assert answer_id == req_id
-        return ok, payload
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def event(partition: int, topic: str, event_id: str) -> List[Any]:

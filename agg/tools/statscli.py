@@ -31,7 +31,8 @@ def fetch_http(url: str, timeout: float) -> Dict[str, Any]:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            stats: Dict[str, Any] = json.loads(resp.read())
+            return stats
     except urllib.error.HTTPError as exc:
         raise NotRunning(f"{url}/stats answered HTTP {exc.code}") from None
     except (OSError, ValueError) as exc:

@@ -106,8 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch [1000]")
     parser.add_argument("--loaders", type=int, default=1, help="load processes per path [1]")
-    # 16 batches of 1,000: enough in flight to keep both cores busy through a group
-    # commit (with 8, a third of the CPU sat idle between groups; measured).
+    # 16 batches of 1,000: enough in flight to keep both cores busy through a group commit.
     parser.add_argument("--concurrency", type=int, default=16,
                         help="batches in flight per load process [16]")
     parser.add_argument("--single-concurrency", type=int, default=64,
