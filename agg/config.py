@@ -136,7 +136,9 @@ class Supervisor:
                                   "restarted (0: never; else at least 2, children beat every second)",
                             minimum=0.0)
     max_restarts: int = setting(
-        5, "restarts of one child within restart_window_s before the supervisor gives up", minimum=0)
+        5, "failed starts of one child (deaths before it has been READY for a second) within "
+           "restart_window_s before the supervisor gives up; a child that dies after is restarted "
+           "at once", minimum=0)
     restart_window_s: float = setting(60.0, "window of max_restarts", minimum=0.1)
 
 

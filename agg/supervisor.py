@@ -12,8 +12,11 @@ Stops:     on SIGINT/SIGTERM: children in reverse start order (front and ingest
            after ``supervisor.grace_s``. A second signal kills at once.
 
 Start order: stats, workers, then front and ingest; each stage waits for the
-READY of its processes, never for a sleep. A child that dies is restarted
-after a backoff that doubles from 0.1 s to 5 s; one that dies more than
+READY of its processes, never for a sleep. A child that dies after it has run
+(READY for ``STARTED_AFTER``) is restarted at once: a crash of a working
+process costs only its restart, however often it comes. A child that dies
+while starting (before READY, or just after) is restarted after a backoff
+that doubles from 0.1 s to 5 s; one that fails to start more than
 ``supervisor.max_restarts`` times within ``supervisor.restart_window_s`` makes
 the supervisor give up, stop everything and exit 1. A child alive but silent
 for ``supervisor.hang_s`` (stopped, deadlocked) is killed, and so restarted.
@@ -47,7 +50,7 @@ ENDPOINTS_FILE = "endpoints.json"
 LOCK_FILE = "agg.lock"
 BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
-STABLE_AFTER = 10.0  # a child up this long gets its backoff reset
+STARTED_AFTER = 1.0  # READY this long: a death is a crash of a working child, not a failed start
 
 
 class StartupFailed(Exception):
@@ -62,6 +65,7 @@ class Child:
         self.command = [sys.executable, "-m", module] + args
         self.proc: Optional[subprocess.Popen] = None
         self.ready = False
+        self.ready_at = 0.0  # monotonic time of its READY
         self.endpoint: Optional[str] = None
         self.started_at = 0.0
         self.last_beat = 0.0  # monotonic time of its last READY or ALIVE
@@ -117,11 +121,31 @@ class Supervisor:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.connect(config.endpoint("stats_in"))
         self.last_publish = 0.0
+        # A child's death wakes the loop at once (SIGCHLD through a wakeup pipe), so that
+        # its replacement starts now, not at the next tick.
+        self.wakeup, wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup, False)
+        os.set_blocking(wakeup_w, False)
+        self.wakeup_w = wakeup_w
+        signal.set_wakeup_fd(wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.wakeup, zmq.POLLIN)
 
     # -- READY ----------------------------------------------------------------------------
 
     def read_control(self, timeout_ms: int) -> None:
-        if not self.control.poll(timeout_ms):
+        """Wait up to ``timeout_ms`` for a control message or a signal; take what came."""
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.wakeup in ready:
+            while True:
+                try:
+                    if not os.read(self.wakeup, 512):
+                        break
+                except BlockingIOError:
+                    break
+        if self.control not in ready:
             return
         for frames in drain(self.control):
             try:
@@ -145,6 +169,7 @@ class Supervisor:
         if child is None:
             return
         child.ready = True
+        child.ready_at = time.monotonic()
         child.endpoint = ready.endpoint
         self.keep_endpoint(child)
         log.info("%s is ready (%s)", child.name, child.endpoint)
@@ -221,26 +246,38 @@ class Supervisor:
                         self.publish_restarts(force=True)
                     continue
                 if child.alive():
-                    if now - child.started_at > STABLE_AFTER:
-                        child.backoff = BACKOFF_START
                     self.kill_if_hung(child, now)
                     continue
-                code = child.proc.returncode if child.proc else None
-                child.deaths.append(now)
-                while child.deaths and now - child.deaths[0] > self.config.supervisor.restart_window_s:
-                    child.deaths.popleft()
-                if len(child.deaths) > self.config.supervisor.max_restarts:
-                    log.error("%s died %d times within %g s (last status %s); giving up",
-                              child.name, len(child.deaths),
-                              self.config.supervisor.restart_window_s, code)
+                if not self.schedule_restart(child, now):
                     return 1
-                log.warning("%s (pid %s) exited with status %s; restarting in %.1f s",
-                            child.name, child.pid, code, child.backoff)
-                child.restart_at = now + child.backoff
-                child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+                if child.restart_at is not None and child.restart_at <= now:
+                    child.restarts += 1
+                    child.start(self.env, self.config)
                 self.publish_restarts(force=True)
             self.publish_restarts()
         return 0
+
+    def schedule_restart(self, child: Child, now: float) -> bool:
+        """Set when the dead ``child`` starts again; False to give up on it."""
+        code = child.proc.returncode if child.proc else None
+        if child.ready and now - child.ready_at >= STARTED_AFTER:
+            log.warning("%s (pid %s) exited with status %s; restarting it", child.name, child.pid, code)
+            child.backoff = BACKOFF_START
+            child.restart_at = now
+            return True
+        child.deaths.append(now)
+        window = self.config.supervisor.restart_window_s
+        while child.deaths and now - child.deaths[0] > window:
+            child.deaths.popleft()
+        if len(child.deaths) > self.config.supervisor.max_restarts:
+            log.error("%s failed to start %d times within %g s (last status %s); giving up",
+                      child.name, len(child.deaths), window, code)
+            return False
+        log.warning("%s (pid %s) exited with status %s while starting; restarting in %.1f s",
+                    child.name, child.pid, code, child.backoff)
+        child.restart_at = now + child.backoff
+        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        return True
 
     def kill_if_hung(self, child: Child, now: float) -> None:
         """SIGKILL a READY child whose loop has not turned for supervisor.hang_s
@@ -279,6 +316,10 @@ class Supervisor:
         return clean
 
     def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(self.wakeup)
+        os.close(self.wakeup_w)
         self.control.close()
         self.pub.close()
         self.ctx.term()
