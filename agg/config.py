@@ -57,6 +57,18 @@ class Http:
         "", "bearer token POST /publish requires (empty: none; prefer AGG_HTTP_PUBLISH_TOKEN)")
     read_token: str = setting("", "bearer token GET /events, GET /stats and GET /metrics require "
                                   "(empty: none)")
+    max_connections: int = setting(
+        1024, "connections the front keeps at once; past it a request gets 503 and its connection "
+              "is closed", minimum=1)
+    max_publishes: int = setting(
+        512, "POST /publish requests the front holds at once (read, checked or awaiting commit); "
+             "past it: 503 before the body is read", minimum=1)
+    header_timeout_s: float = setting(
+        10.0, "a connection that has not sent a whole request head this long after it opened (or "
+              "after its last answer) is closed", minimum=0.1)
+    body_timeout_s: float = setting(
+        5.0, "a POST /publish body not complete this long after its head gets 408, and its "
+             "connection is closed", minimum=0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +79,9 @@ class Ingest:
     curve_secret_key: str = setting(
         "", "file with the ingest's CURVE key pair (zmq.auth format); empty: no CURVE")
     curve_clients_dir: str = setting("", "directory of allowed client public keys (zmq.auth format)")
+    max_batches: int = setting(
+        64, "batches the ingest holds at once (checked or awaiting commit); past it: ERR overload",
+        minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +108,17 @@ class Limits:
     max_payload_bytes: int = setting(64 * 1024, "largest payload, encoded as JSON", minimum=2)
     max_events_page: int = setting(10000, "largest page of GET /events", minimum=1)
     max_inflight_events: int = setting(
-        200000, "events sent to one worker and not yet acknowledged; past it: 503", minimum=1)
+        100000, "most events an edge sends one worker and has not seen acknowledged; past it: 503 "
+                "(the bound in use is smaller when the worker is slower, see limits.queue_s)", minimum=1)
+    max_inflight_bytes: int = setting(
+        64 * MIB, "most bytes of events an edge sends one worker and has not seen acknowledged; "
+                  "past it: 503", minimum=1)
+    queue_s: float = setting(
+        0.3, "how long an admitted event may wait for its worker: an edge gives each worker no more "
+             "than it measured it commits in this time; past it: 503", minimum=0.01)
+    max_reading_bytes: int = setting(
+        64 * MIB, "most bytes of request bodies (or native batches) an edge holds at once, being "
+                  "read, checked or awaiting commit; past it: 503 before a body is read", minimum=1)
     ack_timeout_s: float = setting(
         10.0, "how long the front waits for a worker's commit before answering 503", minimum=0.01)
     stall_s: float = setting(

@@ -6,7 +6,7 @@ Binds:     ROUTER at ``ingest.endpoint`` (default tcp://127.0.0.1:5555; port 0
            answer, matched by its request id.
 Connects:  a DEALER to every worker (``agg.dispatch.WorkerPool``, the same
            routing and back-pressure as the HTTP front) and a PUB to
-           ``endpoints.stats_in`` for its reject counters.
+           ``endpoints.stats_in`` for its report (``agg.edgereport``).
 Owns:      nothing durable.
 Stops:     on SIGTERM, after answering the batches in flight.
 
@@ -20,6 +20,9 @@ Frames (see ``agg.protocol``; the README spells them out for other languages)::
 
 A message larger than ``limits.max_frame_bytes`` closes that publisher's
 connection (ZeroMQ's MAXMSGSIZE); anything else malformed gets an ERR frame.
+A batch the ingest has no room for (``agg.admission``: ``ingest.max_batches``,
+``limits.max_reading_bytes``, the workers' windows) is answered ERR overload
+at once, before it is decoded.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import zmq.asyncio
 
 from . import config as configmod
 from . import lifecycle, protocol
-from .dispatch import Overloaded, Unavailable, WorkerPool
+from .admission import Admission, Refused, Ticket
 from .config import Config
+from .dispatch import Overloaded, Unavailable, WorkerPool
 from .edgereport import EdgeReporter
 from .events import FastMsgpackDecoder, InvalidEvents, Limits, validate_batch
 from .protocol import Event
@@ -42,9 +46,10 @@ from .sockets import adrain
 
 log = logging.getLogger("agg.ingest")
 
-# Batches being handled at once; past it a batch is answered ERR overload at once.
-# With limits.max_frame_bytes this bounds the ingest's memory.
-MAX_CONCURRENT_BATCHES = 64
+# Messages ZeroMQ may queue per publisher before the ingest reads them; the
+# ingest reads at once and refuses what it has no room for, so this is a cap,
+# not a queue that builds.
+RECEIVE_HWM = 256
 
 
 def configure_curve(ctx: zmq.asyncio.Context, sock: zmq.Socket, config: Config) -> Optional[Any]:
@@ -80,10 +85,14 @@ class Ingest:
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.setsockopt(zmq.MAXMSGSIZE, config.limits.max_frame_bytes)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.router.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         self.auth = configure_curve(self.ctx, self.router, config)
         self.router.bind(config.ingest.endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pool = WorkerPool(self.ctx, config)
+        self.admission = Admission("ingest", self.pool, config.ingest.max_batches,
+                                   config.limits.max_reading_bytes)
+        self.retry_after = config.limits.retry_after_s
         self.reporter = EdgeReporter(self.ctx, config, "ingest", self.pool.inflight)
         self.tasks: Set[asyncio.Task] = set()
 
@@ -93,13 +102,20 @@ class Ingest:
         except zmq.ZMQError:
             pass  # the publisher is gone; it resends what it did not see acknowledged
 
-    async def handle(self, rid: bytes, frames: List[bytes]) -> None:
+    async def handle(self, rid: bytes, frames: List[bytes], ticket: Ticket) -> None:
+        try:
+            await self.take(rid, frames, ticket)
+        finally:
+            ticket.release()
+
+    async def take(self, rid: bytes, frames: List[bytes], ticket: Ticket) -> None:
         req_id: Any = None
         fast = None
         if len(frames) == 3 and frames[0] == protocol.VERSION and frames[1] == protocol.BATCH:
             fast = self.fast.decode(frames[2])
         if fast is not None:
-            await self.store(rid, *fast)
+            ticket.read(len(fast[1]))
+            await self.store(rid, fast[0], fast[1], ticket.size)
             return
         try:
             kind, body = protocol.decode(frames)
@@ -121,19 +137,22 @@ class Ingest:
                 req_id, protocol.ERR_INVALID, f"{exc}; nothing was stored",
                 [[e.index, e.field, e.reason] for e in exc.errors]))
             return
-        await self.store(rid, req_id, events)
+        ticket.read(len(events))
+        await self.store(rid, req_id, events, ticket.size)
 
-    async def store(self, rid: bytes, req_id: Any, events: List[Event]) -> None:
+    async def store(self, rid: bytes, req_id: Any, events: List[Event], size: int) -> None:
         try:
-            statuses = await self.pool.store(events)
+            statuses = await self.pool.store(events, size)
         except Overloaded as exc:
-            await self.reply(rid, protocol.encode_err(
-                req_id, protocol.ERR_OVERLOAD, f"{exc}; retry after {self.config.limits.retry_after_s} s"))
+            await self.reply(rid, self.refusal(req_id, protocol.ERR_OVERLOAD, str(exc)))
         except Unavailable as exc:
-            await self.reply(rid, protocol.encode_err(
-                req_id, protocol.ERR_UNAVAILABLE, f"{exc}; retry after {self.config.limits.retry_after_s} s"))
+            await self.reply(rid, self.refusal(req_id, protocol.ERR_UNAVAILABLE, str(exc)))
         else:
             await self.reply(rid, protocol.encode_ok(req_id, statuses))
+
+    def refusal(self, req_id: Any, code: str, reason: str) -> List[bytes]:
+        """ERR overload or unavailable: nothing was acknowledged, resend after the pause."""
+        return protocol.encode_err(req_id, code, f"{reason}; retry after {self.retry_after} s")
 
     async def serve(self, stop: lifecycle.StopFlag) -> None:
         self.pool.start()
@@ -144,11 +163,13 @@ class Ingest:
                 continue
             async for frames in adrain(self.router):
                 rid, rest = frames[0], frames[1:]
-                if len(self.tasks) >= MAX_CONCURRENT_BATCHES:
-                    await self.reply(rid, protocol.encode_err(
-                        None, protocol.ERR_OVERLOAD, "too many batches in flight; retry later"))
+                try:
+                    ticket = self.admission.admit(sum(map(len, rest)))
+                except Refused as exc:
+                    body = rest[2] if len(rest) == 3 else b""
+                    await self.reply(rid, self.refusal(protocol.request_id(body), protocol.ERR_OVERLOAD, str(exc)))
                     continue
-                task = asyncio.get_running_loop().create_task(self.handle(rid, rest))
+                task = asyncio.get_running_loop().create_task(self.handle(rid, rest, ticket))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         if self.tasks:

@@ -237,6 +237,27 @@ def unpack_as(data: bytes, shape: Type[T]) -> T:
         raise ProtocolError(ERR_INVALID, f"body is not a {getattr(shape, '__name__', shape)}: {exc}") from None
 
 
+# A body ``[req_id, rest]``, the rest left encoded: for whoever knows its shape.
+_HEAD = msgspec.msgpack.Decoder(Tuple[Any, msgspec.Raw])
+
+
+def split_head(body: bytes) -> Tuple[Any, msgspec.Raw]:
+    """``(req_id, rest)`` of a ``[req_id, rest]`` body, ``rest`` still encoded;
+    ProtocolError if it is not of that form."""
+    try:
+        return _HEAD.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ERR_INVALID, f"not a [req_id, body] message: {exc}") from None
+
+
+def request_id(body: bytes) -> Any:
+    """The request id of a ``[req_id, ...]`` body, or None if it has none."""
+    try:
+        return split_head(body)[0]
+    except ProtocolError:
+        return None
+
+
 def encode(kind: bytes, body: Any) -> List[bytes]:
     return [VERSION, kind, pack(body)]
 

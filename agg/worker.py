@@ -51,6 +51,7 @@ log = logging.getLogger("agg.worker")
 
 PROBE_EVERY = 0.5  # seconds between two tries of a failing shard, when idle
 PROGRESS_STEPS = 20_000  # SQLite VM steps between two looks at the clock while busy
+PEER_FORGET_S = 300.0  # a peer silent this long is told no more BUSY
 
 
 class CommitClock:
@@ -102,7 +103,9 @@ class Worker:
         self.dirty: Set[int] = set(self.partitions)
         self.failing: Dict[int, str] = {}  # partition -> why its last commit failed
         self.last_probe = 0.0
-        self.owed: Set[bytes] = set()  # peers owed an answer for what is in hand
+        # Peers that have spoken lately (routing id -> when), told BUSY while a long
+        # request holds the loop: their requests may be waiting in the socket.
+        self.peers: Dict[bytes, float] = {}
         self.busy_every = config.limits.stall_s / 4
         self.last_busy = 0.0
 
@@ -140,14 +143,13 @@ class Worker:
                 asks.append(request)
             else:
                 self.refuse(request)
-            self.owed.add(request.rid)
+            self.peers[request.rid] = time.monotonic()
             if events >= self.config.storage.group_max_events:
                 break
         if stores:
             self.commit_group(stores)
         for ask in asks:
             self.answer_query(ask)
-        self.owed.clear()
 
     def refuse(self, refusal: Refusal) -> None:
         self.send(refusal.rid, protocol.encode_err(refusal.req_id, refusal.code, refusal.reason))
@@ -222,13 +224,17 @@ class Worker:
     def still_busy(self) -> int:
         """SQLite's progress handler, called every ``PROGRESS_STEPS`` steps of a
         statement: at most every quarter of ``limits.stall_s``, tell each peer
-        owed an answer that the work goes on. 0: carry on."""
+        heard from lately that the work goes on, and the supervisor that the
+        loop is not hung. 0: carry on."""
         now = time.monotonic()
         if now - self.last_busy >= self.busy_every:
             self.last_busy = now
             busy = protocol.encode(protocol.BUSY, [None])
-            for rid in self.owed:
-                self.send(rid, busy)
+            for rid, seen in list(self.peers.items()):
+                if now - seen > PEER_FORGET_S:
+                    del self.peers[rid]  # a peer gone quiet (an edge restarted with a new id)
+                else:
+                    self.send(rid, busy)
             self.heartbeat.beat()
         return 0
 

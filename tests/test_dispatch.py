@@ -48,10 +48,10 @@ async def receive_store(router: zmq.asyncio.Socket) -> List[Any]:
 
 def test_requests_of_one_turn_leave_as_one_message_and_each_gets_its_statuses(tmp_path) -> None:
     async def test(peer: Peer, router: zmq.asyncio.Socket) -> None:
-        futures = [peer.submit([Part(0, [event(1), event(2)])], 10),
-                   peer.submit([Part(1, [event(3)])], 10),
-                   peer.submit([Part(0, [event(4)]), Part(2, [event(5), event(6)])], 10)]
-        assert peer.outbox_events == 6
+        futures = [peer.submit([Part(0, [event(1), event(2)])], 100, 10),
+                   peer.submit([Part(1, [event(3)])], 50, 10),
+                   peer.submit([Part(0, [event(4)]), Part(2, [event(5), event(6)])], 150, 10)]
+        assert peer.window.events == 6 and peer.window.bytes == 300
         rid, req_id, parts = await receive_store(router)
         # One part per partition, its events in the order the requests came.
         assert [p for p, _events in parts] == [0, 1, 2]
@@ -66,7 +66,7 @@ def test_requests_of_one_turn_leave_as_one_message_and_each_gets_its_statuses(tm
 
 def test_a_worker_error_reaches_every_request_of_the_message(tmp_path) -> None:
     async def test(peer: Peer, router: zmq.asyncio.Socket) -> None:
-        futures = [peer.submit([Part(0, [event(1)])], 10), peer.submit([Part(1, [event(2)])], 10)]
+        futures = [peer.submit([Part(0, [event(1)])], 50, 10), peer.submit([Part(1, [event(2)])], 50, 10)]
         rid, req_id, _parts = await receive_store(router)
         await router.send_multipart([rid] + protocol.encode_err(req_id, protocol.ERR_INTERNAL, "disk"))
         for outcome in await asyncio.gather(*futures, return_exceptions=True):
@@ -77,7 +77,7 @@ def test_a_worker_error_reaches_every_request_of_the_message(tmp_path) -> None:
 
 def test_an_unanswered_message_times_out_and_frees_its_events(tmp_path) -> None:
     async def test(peer: Peer, router: zmq.asyncio.Socket) -> None:
-        future = peer.submit([Part(0, [event(1), event(2)])], 0.2)
+        future = peer.submit([Part(0, [event(1), event(2)])], 100, 0.2)
         await receive_store(router)  # taken, never answered
         with pytest.raises(Unavailable, match="did not answer within 0.2 s"):
             await asyncio.wait_for(future, 10)

@@ -70,9 +70,9 @@ def test_sustained_overload_is_refused_with_503_and_memory_stays_bounded(agg_fac
     pids = [system.proc.pid, *system.endpoints["children"].values()]
     seeds = [31, 32, 33, 34]
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "agg.tools.publish", "--url", system.url, "--json", "--events", "30000",
+        [sys.executable, "-m", "agg.tools.publish", "--url", system.url, "--json", "--events", "20000",
          "--seed", str(seed), "--batch-size", "500", "--concurrency", "8", "--retries", "10000",
-         "--max-backoff", "0.05", "--time-limit", "120"],
+         "--max-backoff", "0.2", "--time-limit", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in seeds]
     peak = 0.0
     while any(p.poll() is None for p in procs):
@@ -84,9 +84,11 @@ def test_sustained_overload_is_refused_with_503_and_memory_stays_bounded(agg_fac
         assert proc.returncode == 0, err
         summaries.append(json.loads(out))
     assert sum(s["retries"] for s in summaries) > 0, "offered load never exceeded the in-flight bound"
-    assert peak < 1024, f"agg used {peak:.0f} MiB"
-    expected = {(e["topic"], e["event_id"]) for seed in seeds for e in make_events(30000, 0.2, seed)}
-    stored = [(e["topic"], e["event_id"]) for e in system.get("/events")[2]["events"]]
+    assert peak < 512, f"agg used {peak:.0f} MiB"
+    expected = {(e["topic"], e["event_id"]) for seed in seeds for e in make_events(20000, 0.2, seed)}
+    listing = system.get("/events")
+    assert listing[0] == 200 and isinstance(listing[2], dict), (listing[0], listing[2][-300:], system.log_text())
+    stored = [(e["topic"], e["event_id"]) for e in listing[2]["events"]]
     print(f"\noverload: {sum(s['retries'] for s in summaries)} refusals, peak RSS {peak:.0f} MiB, "
           f"{len(stored)} stored of {len(expected)} unique")
     assert len(stored) == len(set(stored)) and set(stored) == expected

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Tuple, Union
 
 from .session import PublishResult, Settings, Session
 
@@ -62,7 +62,9 @@ class HttpPublisher:
             req_id, batch = taken
             if conn is None:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.settings.ack_timeout)
-            outcome = self._post(conn, batch.events)
+            if batch.body is None:
+                batch.body = json.dumps({"events": batch.events}).encode()
+            outcome = self._post(conn, batch.body)
             if isinstance(outcome, Refusal) and outcome.broken:
                 conn.close()
                 conn = None  # a new connection for the next try
@@ -73,10 +75,10 @@ class HttpPublisher:
                     session.acknowledged(req_id, outcome)
                 lock.notify_all()
 
-    def _post(self, conn: http.client.HTTPConnection, events: List[Dict[str, Any]]) -> Union[int, "Refusal"]:
-        """The count of ``events`` stored now, or why they were not acknowledged."""
+    def _post(self, conn: http.client.HTTPConnection, body: bytes) -> Union[int, "Refusal"]:
+        """The count of the events of ``body`` stored now, or why they were not acknowledged."""
         try:
-            conn.request("POST", self.path, body=json.dumps({"events": events}).encode(), headers=self.headers)
+            conn.request("POST", self.path, body=body, headers=self.headers)
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:

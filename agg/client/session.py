@@ -20,7 +20,7 @@ FIRST_BACKOFF = 0.05
 def backoff(tries: int, longest: float) -> float:
     """The pause before try ``tries + 1``: doubling from 50 ms up to ``longest``,
     with jitter, so that publishers refused together do not come back together."""
-    pause: float = min(longest, FIRST_BACKOFF * 2 ** (tries - 1))
+    pause: float = min(longest, FIRST_BACKOFF * 2 ** min(tries - 1, 30))
     return pause * random.uniform(0.5, 1.0)
 
 @dataclasses.dataclass
@@ -68,6 +68,7 @@ class _Batch:
     events: List[Dict[str, Any]]
     tries: int = 0
     not_before: float = 0.0
+    body: Optional[bytes] = None  # its encoding, where it does not change between tries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +137,9 @@ class Session:
             self.result.errors.append(f"gave up after {batch.tries} tries: {reason}")
             return
         self.result.retries += 1
-        pause = backoff(batch.tries, self.s.max_backoff) if delay is None else min(self.s.max_backoff, delay)
+        # The server's Retry-After is the least pause, the backoff's jitter on top;
+        # max_backoff caps both (the caller's choice).
+        pause = min(self.s.max_backoff, max(delay or 0.0, backoff(batch.tries, self.s.max_backoff)))
         batch.not_before = now + pause
         self.queue.append(batch)
 

@@ -7,7 +7,7 @@ constants (the OpenAPI description and Swagger UI).
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Callable, List
 
 import falcon
 import falcon.asgi
@@ -84,8 +84,9 @@ class Health:
             json_response(resp, {"status": "healthy", "workers": workers})
 
 
-def create_app(config: Config) -> falcon.asgi.App:
-    backends = Backends(config)
+def create_app(config: Config, connections: Callable[[], int] = lambda: 0) -> falcon.asgi.App:
+    """The front's app; ``connections`` counts the server's open connections."""
+    backends = Backends(config, connections)
     middleware: List[Any] = [backends]
     if BearerAuth.wanted(config):
         middleware.append(BearerAuth(config, backends.reject))

@@ -5,7 +5,7 @@ as JSON ``{"title", "description"[, "errors"]}``."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import falcon
 import falcon.asgi
@@ -17,6 +17,7 @@ from .. import metrics, protocol
 from ..config import Config
 from ..dispatch import Peer, PeerError, Unavailable, WorkerPool
 from ..edgereport import EdgeReporter
+from ..admission import Admission
 
 
 class InvalidRequest(falcon.HTTPUnprocessableEntity):
@@ -33,10 +34,12 @@ class InvalidRequest(falcon.HTTPUnprocessableEntity):
         return body
 
 
-def unavailable(reason: str, retry_after: int) -> falcon.HTTPServiceUnavailable:
+def unavailable(reason: str, retry_after: int, close: bool = False) -> falcon.HTTPServiceUnavailable:
+    """503 with Retry-After; ``close``: and the connection is closed after it."""
     return falcon.HTTPServiceUnavailable(
         title="Service unavailable", description=reason + "; nothing of this request was "
-        "acknowledged, resend it (duplicates are dropped)", retry_after=retry_after)
+        "acknowledged, resend it (duplicates are dropped)", retry_after=retry_after,
+        headers={"Connection": "close"} if close else None)
 
 
 def json_response(resp: falcon.asgi.Response, body: Any) -> None:
@@ -47,8 +50,9 @@ def json_response(resp: falcon.asgi.Response, body: Any) -> None:
 class Backends:
     """The front's sockets: opened at ASGI startup, closed at shutdown."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, connections: Callable[[], int]) -> None:
         self.config = config
+        self.connections = connections
         self.ctx: Optional[zmq.asyncio.Context] = None
         self.metrics = metrics.FrontMetrics()
         self.retry_after = config.limits.retry_after_s
@@ -56,6 +60,9 @@ class Backends:
     async def process_startup(self, scope: Any, event: Any) -> None:
         self.ctx = zmq.asyncio.Context()
         self.pool = WorkerPool(self.ctx, self.config)
+        http = self.config.http
+        self.admission = Admission("front", self.pool, http.max_publishes, self.config.limits.max_reading_bytes)
+        self.max_connections = http.max_connections
         self.pool.start()
         self.stats = Peer(self.ctx, self.config.endpoint("stats"), "stats")
         self.stats.start()

@@ -1,4 +1,11 @@
-"""The front's server: uvicorn serving ``create_app(config)`` on a socket bound here."""
+"""The front's server: uvicorn serving ``create_app(config)`` on a socket bound here.
+
+Two bounds uvicorn does not keep on its own: a connection that has not sent a
+whole request head within ``http.header_timeout_s`` of opening, or of its
+last answer (a client that trickles a head, or sends nothing), is closed by a
+sweep every second; and the app is told how many connections are open, so
+that past ``http.max_connections`` it answers 503 and closes.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,11 @@ import signal
 import socket
 from typing import Any, Iterator, List, Optional, Sequence
 
+import asyncio
+import time
+
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import config as configmod
 from .. import lifecycle
@@ -20,19 +31,57 @@ from .app import create_app
 log = logging.getLogger("agg.front")
 
 
+class HeadTimedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, remembering since when a connection owes a request head."""
+
+    head_since: Optional[float] = None  # monotonic; None while a request is in hand
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.head_since = time.monotonic()
+
+    def on_headers_complete(self) -> None:
+        self.head_since = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # a next request whose head is here already
+        super().on_response_complete()
+        if not pipelined:
+            self.head_since = time.monotonic()
+
+
 class Server(uvicorn.Server):
-    """uvicorn's server, announcing READY once listening, and stopping on our signals."""
+    """uvicorn's server, announcing READY once listening, stopping on our signals,
+    and closing connections that keep a request head waiting."""
 
     def __init__(self, config: uvicorn.Config, agg_config: Config, endpoint: str) -> None:
         super().__init__(config)
         self.agg_config = agg_config
         self.endpoint = endpoint
+        self.sweeper: Optional["asyncio.Task[None]"] = None
 
     async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
+            self.sweeper = asyncio.get_running_loop().create_task(self._sweep())
             log.info("listening on %s", self.endpoint)
             lifecycle.announce_ready(self.agg_config, "front", 0, self.endpoint)
+
+    async def shutdown(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        await super().shutdown(sockets=sockets)
+
+    async def _sweep(self) -> None:
+        timeout = self.agg_config.http.header_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 2))
+            now = time.monotonic()
+            for connection in list(self.server_state.connections):
+                since = getattr(connection, "head_since", None)
+                if since is not None and now - since > timeout and not connection.transport.is_closing():
+                    connection.transport.close()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -75,13 +124,17 @@ def run(config: Config) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     endpoint = f"http://{shown}:{port}"
+    server: Optional[Server] = None
+
+    def connections() -> int:
+        return len(server.server_state.connections) if server is not None else 0
     uv_config = uvicorn.Config(
-        create_app(config), lifespan="on", access_log=False, log_config=None,
+        create_app(config, connections), lifespan="on", access_log=False, log_config=None,
         log_level=config.log_level, timeout_graceful_shutdown=math.ceil(config.supervisor.grace_s),
         loop="uvloop" if _has("uvloop") else "asyncio",
         # Nothing here reads the client's address, so no per-request X-Forwarded-For pass.
         proxy_headers=False,
-        http="httptools" if _has("httptools") else "h11")
+        http=HeadTimedProtocol)
     server = Server(uv_config, config, endpoint)
     server.run(sockets=[sock])
     log.info("stopped")

@@ -1,27 +1,11 @@
-"""Talking to the workers (and the stats process) from an asyncio process.
+"""One DEALER to one ROUTER (a worker or the stats process), from asyncio.
 
-Used by the front and the ingest, so that both paths keep the same routing
-and the same back-pressure.
-
-``Peer`` is one DEALER connected to one ROUTER (a worker or the stats
-process): many requests in flight, each matched to its reply by request id,
-each with a timeout. ``WorkerPool`` splits a publish's events by partition,
-hands each worker's parts to its ``Peer``, and puts the statuses back in the
-order of the events (``agg.ledger``).
-
-Back-pressure, so that memory stays bounded and overload is said, not hidden:
-- a worker with more than ``limits.max_inflight_events`` unacknowledged
-  events gets no more: ``Overloaded`` (503 / ERR overload);
-- a worker that is not connected (``IMMEDIATE``: nothing is queued for a
-  peer that is not there): ``Unavailable`` at once;
-- a worker silent for ``limits.stall_s`` while it owes answers (stopped,
-  hung, stuck on its disk): ``Unavailable`` for what it holds, and at once for
-  what comes next, until it speaks again. A worker at work on a long request
-  says so (BUSY), so a busy worker is never taken for a stalled one;
-- a worker that does not answer within ``limits.ack_timeout_s``:
-  ``Unavailable``. Whatever it did commit is a duplicate when resent, and a
-  STORE carries that deadline, so that a worker does not begin one whose
-  sender has given up.
+Many requests in flight, each matched to its reply by request id, each with
+a timeout. STORE requests submitted in one turn of the event loop leave as one
+message (``Outbox``), whose answer is cut back per request. A peer that owes
+answers and says nothing for ``limits.stall_s`` (stopped, hung, stuck on its
+disk) fails what it holds, and what comes next until it speaks again; a peer
+at work on a long request says so (BUSY), so busy is never taken for stalled.
 """
 
 from __future__ import annotations
@@ -36,27 +20,18 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from . import protocol
-from .config import Config
-from .ledger import Ledger, Split
-from .partition import PartitionCache, owner_of
-from .protocol import Event, Part, Query, StoreBody, StoredRow, processing_order
+from .. import protocol
+from ..ledger import Ledger
+from ..protocol import Part, StoreBody
+from .window import Window
 
 log = logging.getLogger("agg.dispatch")
 
 T = TypeVar("T")
 
-# An OK reply's request id, with its result left encoded until its waiter,
-# which knows what shape to expect, decodes it.
-_OK_REPLY = msgspec.msgpack.Decoder(Tuple[Any, msgspec.Raw])
-
 
 class Unavailable(Exception):
     """A peer is down or did not answer in time; nothing is acknowledged."""
-
-
-class Overloaded(Exception):
-    """Too much is in flight already; the caller should retry later."""
 
 
 class PeerError(Exception):
@@ -76,13 +51,15 @@ class Outbox:
     def __init__(self) -> None:
         self.ledger = Ledger()
         self.futures: List["asyncio.Future[bytes]"] = []
+        self.bytes = 0
 
     @property
     def events(self) -> int:
         return self.ledger.events
 
-    def add(self, parts: Sequence[Part], future: "asyncio.Future[bytes]") -> None:
+    def add(self, parts: Sequence[Part], size: int, future: "asyncio.Future[bytes]") -> None:
         self.ledger.add(parts)
+        self.bytes += size
         self.futures.append(future)
 
     def settle(self, statuses: bytes = b"", exc: Optional[BaseException] = None) -> None:
@@ -101,9 +78,10 @@ class Peer:
     """One DEALER to one ROUTER, with request ids and timeouts."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, name: str,
-                 stall_s: Optional[float] = None) -> None:
+                 stall_s: Optional[float] = None, window: Optional[Window] = None) -> None:
         self.endpoint = endpoint
         self.name = name
+        self.window = window or Window(name, 2**62, 2**62, 1.0, 1)  # the stats peer: unbounded
         self.stall_s = stall_s
         self.stalled = False
         self.last_heard = 0.0  # when it last spoke, or began to owe an answer
@@ -118,14 +96,10 @@ class Peer:
         self.sock.connect(endpoint)
         self.ids = itertools.count(1)
         self.pending: Dict[int, "asyncio.Future[Any]"] = {}
-        self.inflight_events = 0
+        self.inflight_events = 0  # sent and not yet answered (the window also counts the outbox)
         self.outbox: Optional[Outbox] = None  # what this turn of the loop submitted
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks: List["asyncio.Task[None]"] = []
-
-    @property
-    def outbox_events(self) -> int:
-        return self.outbox.events if self.outbox is not None else 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,10 +116,21 @@ class Peer:
         worker will never answer the requests its predecessor took)."""
         loop = asyncio.get_running_loop()
         stalled_since = 0.0
+        tick = stall_s / 10  # detection at most 10% late
+        last_tick = loop.time()
+        silent_ticks = 0
         while True:
-            await asyncio.sleep(stall_s / 10)  # detection at most 10% late
+            await asyncio.sleep(tick)
             now = loop.time()
-            if self.pending and now - self.last_heard > stall_s:
+            # Busy is not dead: a tick this late means this process was busy, and the peer's
+            # answers may be waiting unread in the socket; neither is the peer's silence. Two
+            # timely ticks in a row must find it silent, so that an answer that came during
+            # the first has been read (not ZMQ_EVENTS: reading it hides a message from the
+            # asyncio socket, whose notification is edge-triggered).
+            late, last_tick = now - last_tick > tick + stall_s / 2, now
+            silent = not late and bool(self.pending) and now - self.last_heard > stall_s
+            silent_ticks = silent_ticks + 1 if silent else 0
+            if silent_ticks >= 2:
                 if not self.stalled:
                     log.warning("%s has not answered for %.0f ms; failing %d requests",
                                 self.name, (now - self.last_heard) * 1000, len(self.pending))
@@ -185,10 +170,8 @@ class Peer:
         if kind == protocol.BUSY:
             return  # still at work: heard, and nothing to resolve
         if kind == protocol.OK:
-            try:
-                req_id, result = _OK_REPLY.decode(frames[2])
-            except msgspec.DecodeError as exc:
-                raise protocol.ProtocolError(protocol.ERR_INVALID, f"malformed OK: {exc}") from None
+            # The result stays encoded until its waiter, which knows its shape, decodes it.
+            req_id, result = protocol.split_head(frames[2])
             future = self.pending.pop(req_id, None)
             if future is not None and not future.done():
                 future.set_result(result)
@@ -240,12 +223,12 @@ class Peer:
         except msgspec.DecodeError as exc:
             raise PeerError(protocol.ERR_INVALID, f"{self.name} answered a malformed reply: {exc}") from None
 
-    def submit(self, parts: Sequence[Part], timeout: float) -> "asyncio.Future[bytes]":
-        """Queue ``parts`` for this worker; they leave, with every other request
-        submitted in the same turn of the event loop, as one STORE message, so
-        that many small requests cost the worker one group and the socket one
-        send. The future gets the statuses of ``parts``' events in order, or
-        the message's exception."""
+    def submit(self, parts: Sequence[Part], size: int, timeout: float) -> "asyncio.Future[bytes]":
+        """Queue ``parts`` (about ``size`` bytes) for this worker; they leave, with
+        every other request submitted in the same turn of the event loop, as one
+        STORE message, so that many small requests cost the worker one group and
+        the socket one send. The future gets the statuses of ``parts``' events in
+        order, or the message's exception. The caller has checked the window."""
         loop = asyncio.get_running_loop()
         future: "asyncio.Future[bytes]" = loop.create_future()
         if self.outbox is None:
@@ -253,7 +236,8 @@ class Peer:
             # Two turns of the loop, not one: the requests whose bodies uvicorn
             # reads in the next turn join this message too (fewer, larger groups).
             loop.call_soon(loop.call_soon, self._flush, timeout)
-        self.outbox.add(parts, future)
+        self.outbox.add(parts, size, future)
+        self.window.take(sum(len(part.events) for part in parts), size)
         return future
 
     def _flush(self, timeout: float) -> None:
@@ -263,24 +247,32 @@ class Peer:
         resolves the message's future, and the outbox hands each request its part."""
         outbox, self.outbox = self.outbox, None
         assert outbox is not None
+        count, size = outbox.events, outbox.bytes
         if self.stalled:
+            self.window.give(count, size)
             outbox.settle(exc=self.stalled_error())
             return
-        parts, count = outbox.ledger.parts(), outbox.events
+        parts = outbox.ledger.parts()
         deadline = time.time() + timeout
         try:
             req_id, reply = self._send(protocol.STORE, lambda rid: StoreBody(rid, parts, deadline))
         except Exception as exc:  # every request of the message learns why it was not sent
+            self.window.give(count, size)
             outbox.settle(exc=exc if isinstance(exc, Unavailable)
                           else Unavailable(f"cannot send to {self.name}: {exc}"))
             return
         self.inflight_events += count
-        timer = asyncio.get_running_loop().call_later(timeout, self._time_out, reply, timeout)
+        loop = asyncio.get_running_loop()
+        sent, ahead = loop.time(), self.inflight_events
+        timer = loop.call_later(timeout, self._time_out, reply, timeout)
 
         def done(reply: "asyncio.Future[Any]") -> None:
             timer.cancel()
             self.pending.pop(req_id, None)
             self.inflight_events -= count
+            self.window.give(count, size)
+            if not reply.cancelled() and reply.exception() is None:
+                self.window.answered(ahead, count, loop.time() - sent)
             if reply.cancelled():
                 outbox.settle(exc=Unavailable(f"{self.name}: shutting down"))
             elif reply.exception() is not None:
@@ -307,70 +299,3 @@ class Peer:
         self.sock.disable_monitor()
         self.monitor.close()
         self.sock.close()
-
-
-class WorkerPool:
-    """Routes events to the worker that owns their partition."""
-
-    def __init__(self, ctx: zmq.asyncio.Context, config: Config) -> None:
-        self.partition_of = PartitionCache(config.partitions)
-        self.peers = [Peer(ctx, endpoint, f"worker {i}", config.limits.stall_s)
-                      for i, endpoint in enumerate(config.worker_endpoints())]
-        self.timeout = config.limits.ack_timeout_s
-        self.max_inflight = config.limits.max_inflight_events
-
-    def start(self) -> None:
-        for peer in self.peers:
-            peer.start()
-
-    def close(self) -> None:
-        for peer in self.peers:
-            peer.close()
-
-    def inflight(self) -> List[int]:
-        return [peer.inflight_events for peer in self.peers]
-
-    def owner(self, partition: int) -> int:
-        return owner_of(partition, len(self.peers))
-
-    async def store(self, events: Sequence[Event]) -> bytes:
-        """Commit ``events``; return one status byte per event (1 stored, 0 duplicate)."""
-        split = Split(events, self.partition_of)
-        by_worker = split.by_owner(self.owner)
-        for w, parts in by_worker.items():
-            peer = self.peers[w]
-            held = peer.inflight_events + peer.outbox_events
-            if held and held + sum(len(part.events) for part in parts) > self.max_inflight:
-                raise Overloaded(f"{peer.name} has {held} events in flight")
-        futures = [self.peers[w].submit(parts, self.timeout) for w, parts in by_worker.items()]
-        results: List[Any]
-        if len(futures) == 1:  # one event, or one worker's: no gather to build and tear down
-            try:
-                results = [await futures[0]]
-            except Exception as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                if isinstance(result, PeerError) and result.code in (protocol.ERR_INTERNAL, protocol.ERR_EXPIRED):
-                    raise Unavailable(result.reason)
-                raise result
-        return split.gather(zip(by_worker.values(), results))
-
-    async def page(self, topic: Optional[str], position: Dict[int, int],
-                   limit: int) -> Tuple[List[StoredRow], Dict[int, int]]:
-        """Up to ``limit`` events after ``position`` in processing order, and the
-        position after them."""
-        if topic is None:
-            asked = list(range(len(self.peers)))
-        else:
-            asked = [self.owner(self.partition_of(topic))]
-        query = Query(topic, position, limit)
-        results = await asyncio.gather(
-            *(self.peers[w].request(protocol.QUERY, query, self.timeout, List[StoredRow]) for w in asked))
-        rows = sorted((row for result in results for row in result), key=processing_order)[:limit]
-        after = dict(position)
-        for row in rows:
-            after[row.partition] = row.seq
-        return rows, after

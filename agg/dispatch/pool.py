@@ -1,0 +1,129 @@
+"""Routing a publish's events to the workers that own their partitions.
+
+``WorkerPool.store`` splits the events by partition (``agg.ledger.Split``),
+checks that each worker concerned has room (``agg.dispatch.window``), hands
+each its parts through its ``Peer``, and puts the statuses back in the order
+of the events. An edge reserves room for a body before reading it
+(``reserve``), so that what it cannot take is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import zmq.asyncio
+
+from .. import protocol
+from ..config import Config
+from ..ledger import Split
+from ..partition import PartitionCache, owner_of
+from ..protocol import Event, Query, StoredRow, processing_order
+from .peer import Peer, PeerError, Unavailable
+from .window import Window
+
+
+class Overloaded(Exception):
+    """Too much is in flight already; the caller should retry later."""
+
+
+class Reservation:
+    """Room held in every worker's window for a request whose body is being read."""
+
+    def __init__(self, windows: List[Window], events: int, size: int) -> None:
+        self.windows = windows
+        self.events, self.size = events, size
+        for window in windows:
+            window.take(events, size)
+
+    def release(self) -> None:
+        for window in self.windows:
+            window.give(self.events, self.size)
+        self.windows = []
+
+
+class WorkerPool:
+    """Routes events to the worker that owns their partition."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, config: Config) -> None:
+        limits = config.limits
+        self.partition_of = PartitionCache(config.partitions)
+        # Floor: a worker must always be able to hold two groups, or it idles between them.
+        floor = 2 * config.storage.group_max_events
+        self.peers = [Peer(ctx, endpoint, f"worker {i}", limits.stall_s,
+                           Window(f"worker {i}", limits.max_inflight_events, limits.max_inflight_bytes,
+                                  limits.queue_s, floor))
+                      for i, endpoint in enumerate(config.worker_endpoints())]
+        self.timeout = limits.ack_timeout_s
+
+    def start(self) -> None:
+        for peer in self.peers:
+            peer.start()
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.close()
+
+    def inflight(self) -> List[int]:
+        return [peer.inflight_events for peer in self.peers]
+
+    def owner(self, partition: int) -> int:
+        return owner_of(partition, len(self.peers))
+
+    def reserve(self, events: int, size: int) -> Reservation:
+        """Room for a request of about ``events`` events and ``size`` bytes whose
+        workers are not known yet (its body is unread): a share of it in every
+        window, or ``Overloaded`` if no worker has room for its share."""
+        share, share_size = -(-events // len(self.peers)), -(-size // len(self.peers))
+        windows = [peer.window for peer in self.peers]
+        reasons = [w.refusal(share, share_size) for w in windows]
+        if all(reasons):
+            raise Overloaded(reasons[0])
+        return Reservation(windows, share, share_size)
+
+    async def store(self, events: Sequence[Event], size: int) -> bytes:
+        """Commit ``events`` (about ``size`` bytes in all); return one status byte
+        per event (1 stored, 0 duplicate). ``Overloaded`` if a worker concerned
+        has no room for its part."""
+        split = Split(events, self.partition_of)
+        by_worker = split.by_owner(self.owner)
+        total = max(1, len(events))
+        shares: Dict[int, Tuple[int, int]] = {}
+        for w, parts in by_worker.items():
+            count = sum(len(part.events) for part in parts)
+            shares[w] = (count, size * count // total)
+            refusal = self.peers[w].window.refusal(*shares[w])
+            if refusal is not None:
+                raise Overloaded(refusal)
+        futures = [self.peers[w].submit(parts, shares[w][1], self.timeout) for w, parts in by_worker.items()]
+        results: List[Any]
+        if len(futures) == 1:  # one event, or one worker's: no gather to build and tear down
+            try:
+                results = [await futures[0]]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                if isinstance(result, PeerError) and result.code in (protocol.ERR_INTERNAL, protocol.ERR_EXPIRED):
+                    raise Unavailable(result.reason)
+                raise result
+        return split.gather(zip(by_worker.values(), results))
+
+    async def page(self, topic: Optional[str], position: Dict[int, int],
+                   limit: int) -> Tuple[List[StoredRow], Dict[int, int]]:
+        """Up to ``limit`` events after ``position`` in processing order, and the
+        position after them."""
+        if topic is None:
+            asked = list(range(len(self.peers)))
+        else:
+            asked = [self.owner(self.partition_of(topic))]
+        query = Query(topic, position, limit)
+        results = await asyncio.gather(
+            *(self.peers[w].request(protocol.QUERY, query, self.timeout, List[StoredRow]) for w in asked))
+        rows = sorted((row for result in results for row in result), key=processing_order)[:limit]
+        after = dict(position)
+        for row in rows:
+            after[row.partition] = row.seq
+        return rows, after
