@@ -1,10 +1,11 @@
 """The front's server: uvicorn serving ``create_app(config)`` on a socket bound here.
 
-Two bounds uvicorn does not keep on its own: a connection that has not sent a
-whole request head within ``http.header_timeout_s`` of opening, or of its
-last answer (a client that trickles a head, or sends nothing), is closed by a
-sweep every second; and the app is told how many connections are open, so
-that past ``http.max_connections`` it answers 503 and closes.
+Two bounds uvicorn does not keep on its own: a connection that has not begun
+a request (its head and the first bytes of its body) within
+``http.header_timeout_s`` of opening, or of its last answer (a client that
+trickles a head, or sends nothing), is closed by a sweep every second; and
+the app is told how many connections are open, so that past
+``http.max_connections`` it answers 503 and closes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ log = logging.getLogger("agg.front")
 
 
 class HeadTimedProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, remembering since when a connection owes a request head."""
+    """uvicorn's HTTP protocol, remembering since when a connection owes the start
+    of a request: its head, and the first bytes of its body (Falcon begins a
+    request only with them), or its end if it has no body."""
 
     head_since: Optional[float] = None  # monotonic; None while a request is in hand
 
@@ -40,9 +43,13 @@ class HeadTimedProtocol(HttpToolsProtocol):
         super().connection_made(transport)  # type: ignore[arg-type]
         self.head_since = time.monotonic()
 
-    def on_headers_complete(self) -> None:
+    def on_body(self, body: bytes) -> None:
         self.head_since = None
-        super().on_headers_complete()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.head_since = None
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # a next request whose head is here already
