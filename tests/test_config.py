@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from agg import conffile
 from agg import config as configmod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +26,11 @@ def test_conf_file_lists_every_setting_with_its_default(tmp_path) -> None:
     with open(path) as fh:
         text = fh.read()
     for setting in configmod.SCHEMA:
-        assert setting.key.split(".")[-1] + " = " in text, f"{setting.key} missing from conf/agg.toml"
+        section, _, name = setting.key.rpartition(".")
+        body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0] if section else text.split("\n[", 1)[0]
+        assert f"\n{name} = " in body, f"{setting.key} missing from conf/agg.toml"
+    # the file is what agg.conffile writes, so its comments are SCHEMA's help too
+    assert text == conffile.render(), "conf/agg.toml is stale: python -m agg.conffile > conf/agg.toml"
 
 
 def test_flag_beats_environment_beats_file(tmp_path) -> None:
