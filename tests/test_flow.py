@@ -1,0 +1,136 @@
+"""Flow control from the edges to the workers: a worker is given no more than
+it can commit in time, the ingest bounds what it holds, work whose sender has
+given up is not begun, and a busy worker is never taken for a stalled one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from agg import protocol
+from conftest import AggSystem, RawClient, make_event, topic_of_worker, wait_until
+
+
+def batch(req_id: int, events: list) -> list:
+    return protocol.encode(protocol.BATCH, [req_id, events])
+
+
+def test_a_worker_given_all_it_can_hold_gets_no_more_over_http_or_natively(agg_factory) -> None:
+    """Worker 0 is stopped, so what it was given stays in flight: once that is
+    its bound, the next request for it is refused at once, with Retry-After
+    (natively ERR overload), and worker 1 is still served."""
+    system: AggSystem = agg_factory(limits_max_inflight_events=50, storage_group_max_events=10,
+                                    limits_stall_s=30, limits_ack_timeout_s=30)
+    topic = topic_of_worker(0)
+    pid = system.child_pid("worker.0")
+    client = RawClient(system.ingest)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        held = threading.Thread(target=system.post, args=(
+            "/publish", {"events": [make_event(topic=topic, event_id=f"h{i}") for i in range(50)]}))
+        held.start()
+        # Each edge bounds what it gave: 50 events from the front, 50 from the ingest.
+        client.sock.send_multipart(batch(1, [make_event(topic=topic, event_id=f"n{i}") for i in range(50)]))
+        wait_until(lambda: system.stats()["inflight_events"][0] == 100, message="100 events held by worker 0")
+        start = time.monotonic()
+        status, headers, body = wait_until(
+            lambda: (lambda r: r if r[0] == 503 else None)(
+                system.post("/publish", make_event(topic=topic, event_id="one more"))),
+            message="a request for worker 0 refused")
+        assert headers["retry-after"] == "1" and "worker 0 has 50 events in flight" in body["description"]
+        answer = client.ask(batch(7, [make_event(topic=topic, event_id="native")]))
+        assert answer is not None
+        kind, (req_id, code, reason, _errors) = answer
+        assert (kind, req_id, code) == (protocol.ERR, 7, protocol.ERR_OVERLOAD)
+        assert "worker 0" in reason and "retry after 1 s" in reason
+        assert time.monotonic() - start < 5.0
+        status, _, body = system.post("/publish", make_event(topic=topic_of_worker(1), event_id="other"))
+        assert status == 200 and body["stored"] == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    held.join(60)
+    assert client.sock.poll(30_000), "the held native batch was never answered"
+    kind, (req_id, _statuses) = protocol.decode(client.sock.recv_multipart())
+    assert (kind, req_id) == (protocol.OK, 1)
+    client.close()
+    system.wait_stats(received=101, unique=101, duplicates=0)
+
+
+def test_the_ingest_refuses_past_its_batches_at_once_with_the_request_id(agg_factory) -> None:
+    system: AggSystem = agg_factory(ingest_max_batches=1, limits_stall_s=30, limits_ack_timeout_s=30)
+    pid = system.child_pid("worker.0")
+    client = RawClient(system.ingest)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        client.sock.send_multipart(batch(1, [make_event(topic=topic_of_worker(0), event_id="held")]))
+        answer = wait_until(lambda: client.ask(batch(2, [make_event(event_id="second")]), 1),
+                            message="the second batch answered")
+        kind, (req_id, code, reason, _errors) = answer
+        assert (kind, req_id, code) == (protocol.ERR, 2, protocol.ERR_OVERLOAD), answer
+        assert "holds 1 requests" in reason and "retry after" in reason
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.sock.poll(30_000), "the held batch was never answered"
+    kind, (req_id, statuses) = protocol.decode(client.sock.recv_multipart())
+    assert (kind, req_id, list(statuses)) == (protocol.OK, 1, [protocol.STORED])
+    client.close()
+
+
+def test_a_store_whose_sender_gave_up_is_not_begun(agg_factory) -> None:
+    """The front gives up on a request after limits.ack_timeout_s; the worker,
+    stopped meanwhile, finds its deadline passed when it comes back, and does
+    not store it. Its publisher resends what was not acknowledged."""
+    system: AggSystem = agg_factory(limits_ack_timeout_s=0.5, limits_stall_s=30)
+    topic = topic_of_worker(0)
+    pid = system.child_pid("worker.0")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, headers, body = system.post("/publish", make_event(topic=topic, event_id="given up"))
+        assert status == 503 and headers["retry-after"] == "1", body
+        time.sleep(0.5)  # the request's deadline passes while the worker is stopped: the point here
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The worker takes its requests in order: once a later one is answered, the first was seen.
+    wait_until(lambda: system.post("/publish", make_event(topic=topic, event_id="later"))[0] == 200,
+               message="worker 0 answering")
+    status, _, body = system.get(f"/events?topic={topic}")
+    assert [e["event_id"] for e in body["events"]] == ["later"]
+    system.wait_stats(received=1, unique=1, duplicates=0)
+
+
+def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory) -> None:
+    """Pages of 10,000 events of 1 KB take a worker (and the front) longer than
+    limits.stall_s to build; publishes beside them are never refused, and no
+    page is refused. A truly stopped worker is still found out: test_overload."""
+    system: AggSystem = agg_factory(limits_stall_s=0.1)
+    pad = "z" * 1000
+    for b in range(6):
+        events = [make_event(topic=f"t{i % 8}", event_id=f"p{b}-{i}", payload={"pad": pad}) for i in range(5000)]
+        assert system.post("/publish", {"events": events})[0] == 200
+    failures: list = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        n = 0
+        while not stop.is_set():
+            status, _, body = system.post("/publish", {"events": [make_event(topic=f"t{i}", event_id=f"b{n}-{i}")
+                                                                   for i in range(8)]})
+            if status != 200:
+                failures.append(("publish", status, body))
+            n += 1
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        for _ in range(8):
+            status, _, body = system.get("/events?limit=10000")
+            if status != 200:
+                failures.append(("page", status, body))
+            else:
+                assert body["count"] == 10000
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not failures, failures[:3]
+    assert "has not answered" not in system.log_text()
