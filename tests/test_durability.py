@@ -49,7 +49,7 @@ def test_a_failed_flush_gives_no_ok_and_agg_recovers(agg_factory, tmp_base) -> N
     status, headers, body = agg.post("/publish", make_event(topic, "during"))
     # Committed in SQLite, but not known to be on the disk: it must not be acknowledged.
     assert status == 503, (status, body)
-    assert "fsync" in body["description"] and "retry-after" in headers, body
+    assert "fdatasync" in body["description"] and "retry-after" in headers, body
     wait_until(lambda: "restarting this worker" in agg.log_text(), 10, message="the worker to say why it restarts")
     os.remove(marker)
     # The worker starts again, reads its shard from the file, and the resend is kept once.
