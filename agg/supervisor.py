@@ -6,7 +6,7 @@ Connects:  PUB to ``endpoints.stats_in`` for its restart counts (``ctr.superviso
 Owns:      the child processes, ``DATA_DIR/agg-meta.json`` (via ``ensure_data_dir``),
            the lock ``RUN_DIR/agg.lock`` (one agg per data directory), and
            ``RUN_DIR/endpoints.json``, written once everything is READY.
-Stops:     on SIGINT/SIGTERM: children in reverse start order (front and ingest
+Stops:     on SIGINT/SIGTERM/SIGHUP (logged; SIGHUP reloads nothing): children in reverse start order (front and ingest
            first, so nothing new arrives; then the workers, which commit and
            answer what they hold; then stats), each with SIGTERM, then SIGKILL
            after ``supervisor.grace_s``. A second signal kills at once.
@@ -237,6 +237,8 @@ class Supervisor:
         """Restart dead children until a signal; return the exit status."""
         while not self.stop:
             self.read_control(100)
+            if self.stop:
+                break  # children that die now are stopping with us, not crashing
             now = time.monotonic()
             for child in self.children:
                 if child.restart_at is not None:
@@ -338,18 +340,50 @@ def lock_run_dir(run_dir: str) -> Optional[IO[str]]:
         return None
 
 
+def unwritable(path: str) -> Optional[str]:
+    """Why this process cannot create files in ``path`` (a root-owned volume, a
+    read-only mount), found here rather than by a child later; None if it can."""
+    probe = os.path.join(path, f".agg-write-test.{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def prepare_dirs(config: Config) -> Optional[str]:
+    """Create and check the data and run directories; a one-line error, or None."""
+    for key, path in (("data_dir", config.data_dir), ("run_dir", config.run_dir)):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            return f"{key}: cannot create {path}: {exc.strerror}"
+        why = unwritable(path)
+        if why:
+            return f"{key}: {path} is not writable: {why}"
+        if key == "data_dir":
+            try:
+                ensure_data_dir(config.data_dir, config.partitions)
+            except PartitionMismatch as exc:
+                return str(exc)
+            except OSError as exc:
+                return f"data_dir: {config.data_dir}: {exc.strerror}"
+    return None
+
+
 def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
+    problem = prepare_dirs(config)
+    if problem:
+        log.error("%s", problem)
+        return 2
     try:
-        ensure_data_dir(config.data_dir, config.partitions)
-        os.makedirs(config.run_dir, exist_ok=True)
-    except PartitionMismatch as exc:
-        log.error("%s", exc)
-        return 2
+        lock = lock_run_dir(config.run_dir)
     except OSError as exc:
-        log.error("data_dir: cannot create %s: %s", config.data_dir, exc.strerror)
+        log.error("run_dir: cannot lock %s: %s", config.run_dir, exc.strerror)
         return 2
-    lock = lock_run_dir(config.run_dir)
     if lock is None:
         log.error("run_dir: another agg is already running on %s", config.run_dir)
         return 2
@@ -370,7 +404,10 @@ def run(config: Config) -> int:
         log.error("start-up failed: %s", exc)
         status = 1
     finally:
-        log.info("stopping")
+        if stop.signum:
+            log.info("%s: stopping every process", lifecycle.signal_name(stop.signum))
+        else:
+            log.info("stopping")
         if not supervisor.stop_all():
             status = status or 1
         supervisor.close()
