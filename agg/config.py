@@ -97,6 +97,9 @@ class Endpoints:
     stats_bind: str = setting("", "what the stats process binds, if not endpoints.stats")
     control: str = setting("ipc://{run_dir}/control.sock",
                            "endpoint where the supervisor collects READY messages")
+    ctl: str = setting("ipc://{run_dir}/ctl.sock",
+                       "endpoint where the supervisor answers agg ctl (status, restart, stop); "
+                       "it has no authentication: keep it on ipc://")
 
 
 @dataclasses.dataclass(frozen=True)

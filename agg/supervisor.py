@@ -1,7 +1,8 @@
 """Supervisor (``agg run``): starts every process, restarts the dead, stops all in order.
 
 Binds:     PULL at ``endpoints.control``, where children send READY, then an
-           ALIVE about every second from their loops.
+           ALIVE about every second from their loops; ROUTER at ``endpoints.ctl``
+           for ``agg ctl`` (``agg.ctlserver``: status, restart a child, stop).
 Connects:  PUB to ``endpoints.stats_in`` for its restart counts (``ctr.supervisor``).
 Owns:      the child processes, ``DATA_DIR/agg-meta.json`` (via ``ensure_data_dir``),
            the lock ``RUN_DIR/agg.lock`` (one agg per data directory), and
@@ -24,73 +25,33 @@ for ``supervisor.hang_s`` (stopped, deadlocked) is killed, and so restarted.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
-from typing import IO, Any, Deque, Dict, List, Optional
+from typing import List, Optional
 
 import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
 from .config import Config
-from .partition import PartitionMismatch, ensure_data_dir
-from .protocol import Alive, Ready, SupervisorSnapshot
+from .child import BACKOFF_MAX, BACKOFF_START, Child
+from .ctlserver import ControlServer, CtlRefused
+from .protocol import Alive, ChildStatus, Ready, SupervisorSnapshot
+from .rundirs import lock_run_dir, prepare_dirs
 from .sockets import drain
-from .storage.lock import Locked, hold_lock
 
 log = logging.getLogger("agg.supervisor")
 
 ENDPOINTS_FILE = "endpoints.json"
-LOCK_FILE = "agg.lock"
-BACKOFF_START = 0.1
-BACKOFF_MAX = 5.0
 STARTED_AFTER = 1.0  # READY this long: a death is a crash of a working child, not a failed start
 
 
 class StartupFailed(Exception):
     pass
-
-
-class Child:
-    def __init__(self, name: str, role: str, index: int, module: str, args: List[str]) -> None:
-        self.name = name
-        self.role = role
-        self.index = index
-        self.command = [sys.executable, "-m", module] + args
-        self.proc: Optional[subprocess.Popen] = None
-        self.ready = False
-        self.ready_at = 0.0  # monotonic time of its READY
-        self.endpoint: Optional[str] = None
-        self.started_at = 0.0
-        self.last_beat = 0.0  # monotonic time of its last READY or ALIVE
-        self.deaths: Deque[float] = collections.deque()
-        self.restarts = 0
-        self.backoff = BACKOFF_START
-        self.restart_at: Optional[float] = None
-        # Settings this child keeps across restarts (the port an edge first bound).
-        self.sticky: Dict[str, Any] = {}
-
-    def start(self, env: Dict[str, str], config: Config) -> None:
-        self.ready = False
-        self.restart_at = None
-        self.started_at = time.monotonic()
-        if self.sticky:
-            env = dict(env, **{configmod.RESOLVED_ENV: config.replace(self.sticky).to_json()})
-        self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL)
-        log.info("started %s pid=%d", self.name, self.proc.pid)
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 class Supervisor:
@@ -132,6 +93,8 @@ class Supervisor:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.wakeup, zmq.POLLIN)
+        self.ctl = ControlServer(self.ctx, config.endpoint("ctl"), self)
+        self.poller.register(self.ctl.sock, zmq.POLLIN)
 
     # -- READY ----------------------------------------------------------------------------
 
@@ -145,6 +108,8 @@ class Supervisor:
                         break
                 except BlockingIOError:
                     break
+        if self.ctl.sock in ready:
+            self.ctl.answer_pending()
         if self.control not in ready:
             return
         for frames in drain(self.control):
@@ -221,6 +186,29 @@ class Supervisor:
             json.dump(info, fh, indent=2)
         os.replace(path + ".tmp", path)
 
+    # -- agg ctl (see agg.ctlserver) -------------------------------------------------------
+
+    def statuses(self) -> List[ChildStatus]:
+        now = time.monotonic()
+        return [c.status(now) for c in self.children]
+
+    def restart(self, name: str) -> str:
+        child = next((c for c in self.children if c.name == name), None)
+        if child is None:
+            raise CtlRefused(f"no child named '{name}'; agg runs "
+                             + ", ".join(c.name for c in self.children))
+        if not self.started or not child.alive() or child.stop_by is not None:
+            raise CtlRefused(f"{name} is not running now; see agg ctl status")
+        log.info("agg ctl: restarting %s (pid %s)", name, child.pid)
+        child.stop_by = time.monotonic() + self.config.supervisor.grace_s
+        child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        return f"restarting {name} (pid {child.pid})"
+
+    def request_stop(self) -> str:
+        log.info("agg ctl: stop requested")
+        self.stop.stop = True
+        return f"stopping agg (pid {os.getpid()})"
+
     # -- watching -------------------------------------------------------------------------
 
     def publish_restarts(self, force: bool = False) -> None:
@@ -250,7 +238,10 @@ class Supervisor:
                 if child.alive():
                     self.kill_if_hung(child, now)
                     continue
-                if not self.schedule_restart(child, now):
+                if child.stop_by is not None:
+                    log.info("%s stopped as agg ctl asked; starting it again", child.name)
+                    child.restart_at = now  # asked for: no backoff, no count against flapping
+                elif not self.schedule_restart(child, now):
                     return 1
                 if child.restart_at is not None and child.restart_at <= now:
                     child.restarts += 1
@@ -285,6 +276,11 @@ class Supervisor:
         """SIGKILL a READY child whose loop has not turned for supervisor.hang_s
         (stopped, deadlocked, stuck in a syscall): the next turn of ``watch``
         finds it dead and restarts it, as after any crash."""
+        if child.stop_by is not None and now > child.stop_by and child.proc is not None:
+            log.warning("%s (pid %s) did not stop within %g s of agg ctl restart; killing it",
+                        child.name, child.pid, self.config.supervisor.grace_s)
+            child.proc.kill()
+            return
         hang = self.config.supervisor.hang_s
         if hang and child.ready and child.proc is not None and now - child.last_beat > hang:
             log.error("%s (pid %s) has sent no sign of life for %.0f s; killing it",
@@ -323,54 +319,13 @@ class Supervisor:
         os.close(self.wakeup)
         os.close(self.wakeup_w)
         self.control.close()
+        self.ctl.close()
         self.pub.close()
         self.ctx.term()
         try:
             os.unlink(os.path.join(self.config.run_dir, ENDPOINTS_FILE))
         except FileNotFoundError:
             pass
-
-
-def lock_run_dir(run_dir: str) -> Optional[IO[str]]:
-    """Hold ``RUN_DIR/agg.lock`` for the supervisor's life (one agg per data
-    directory); None if another agg holds it."""
-    try:
-        return hold_lock(os.path.join(run_dir, LOCK_FILE))
-    except Locked:
-        return None
-
-
-def unwritable(path: str) -> Optional[str]:
-    """Why this process cannot create files in ``path`` (a root-owned volume, a
-    read-only mount), found here rather than by a child later; None if it can."""
-    probe = os.path.join(path, f".agg-write-test.{os.getpid()}")
-    try:
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-def prepare_dirs(config: Config) -> Optional[str]:
-    """Create and check the data and run directories; a one-line error, or None."""
-    for key, path in (("data_dir", config.data_dir), ("run_dir", config.run_dir)):
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            return f"{key}: cannot create {path}: {exc.strerror}"
-        why = unwritable(path)
-        if why:
-            return f"{key}: {path} is not writable: {why}"
-        if key == "data_dir":
-            try:
-                ensure_data_dir(config.data_dir, config.partitions)
-            except PartitionMismatch as exc:
-                return str(exc)
-            except OSError as exc:
-                return f"data_dir: {config.data_dir}: {exc.strerror}"
-    return None
 
 
 def run(config: Config) -> int:
