@@ -5,13 +5,15 @@ cursor stays valid for ever and a page after it holds only the events
 committed since, so polling with the last one follows the topic, the way
 ``tail -f`` follows a file. By default it starts at the end (new events
 only); ``--from-start`` prints the stored ones first. Without TOPIC it
-follows every topic. ``--count N`` stops after N events. If agg goes away it
-says so once and keeps asking; Ctrl-C ends it (exit status 130).
+follows every topic. ``--count N`` stops after N events. It says on stderr
+when it has begun to follow. If agg goes away it says so once and keeps
+asking; Ctrl-C ends it (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -109,10 +111,17 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except (OSError, ValueError) as exc:
         parser.error(f"--cacert {args.cacert}: {getattr(exc, 'strerror', None) or exc}")
     try:
-        if not args.from_start:
-            follower.skip_to_end()  # agg down at the start is an error, not something to wait for
+        # Either way agg is asked once before "following" is said: down at the start is an error.
+        first: List[Dict[str, Any]] = []
+        if args.from_start:
+            first, _more = follower.page()
+        else:
+            follower.skip_to_end()
+        what = f"topic {json.dumps(args.topic)}" if args.topic else "every topic"
+        console.say("agg-tail", f"following {what} at {args.url} "
+                                f"({'from the start' if args.from_start else 'new events'}; Ctrl-C to stop)")
         printed = 0
-        for event in follower.follow(args.interval):
+        for event in itertools.chain(first, follower.follow(args.interval)):
             # ensure_ascii: a control character in a field is \\u001b, never raw on a terminal.
             sys.stdout.write(json.dumps(event, ensure_ascii=True) + "\n")
             printed += 1
