@@ -176,8 +176,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                                    "acknowledged")
         return status
     if summary.acknowledged < summary.events:
+        last = summary.errors[-1] if summary.errors else "?"
+        if last.startswith("TLS:") and not args.cacert:
+            last += " (--cacert FILE trusts a private CA)"
         console.say("agg-publish", f"{summary.events - summary.acknowledged} of {summary.events} events "
-                                   f"not acknowledged: {summary.errors[-1] if summary.errors else '?'}")
+                                   f"not acknowledged: {last}")
         return 1
     return 0
 
