@@ -156,5 +156,5 @@ def test_a_bad_line_is_one_error_naming_its_number(agg: AggSystem, tmp_base: str
         fh.write(json.dumps(make_event()) + "\n" + "{not json\n" + "[1]\n")
     status, out, err = finish(start("--url", agg.url, "--from", path), 30)
     assert status == 2 and out == ""
-    assert err.strip().splitlines()[-1].startswith(f"agg-publish: error: --from {path}, line 2: not JSON")
+    assert err.startswith(f"agg-publish: --from {path}, line 2: not JSON") and err.count("\n") == 1, err
     assert agg.stats()["received"] == 0  # nothing sent when the input is bad

@@ -109,17 +109,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def load_events(parser: argparse.ArgumentParser, args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """The events to send: ``--from``'s, or the generated ones."""
+    """The events to send: ``--from``'s (BadLine or OSError if it cannot be read), or generated ones."""
+    if args.source == "-":
+        return read_events(sys.stdin, "stdin")
     if args.source is not None:
         try:
-            if args.source == "-":
-                return read_events(sys.stdin, "stdin")
             with open(args.source, encoding="utf-8") as fh:
                 return read_events(fh, args.source)
-        except OSError as exc:
-            parser.error(f"--from {args.source}: {exc.strerror}")
-        except (BadLine, UnicodeDecodeError) as exc:
-            parser.error(f"--from {exc}" if isinstance(exc, BadLine) else f"--from {args.source}: not UTF-8")
+        except UnicodeDecodeError:
+            raise BadLine(f"{args.source}: not UTF-8") from None
     topics = [t for t in args.topics.split(",") if t]
     if args.events < 1 or not topics or not 0 <= args.duplicates < 1:
         parser.error("--events must be >= 1, --duplicates in [0, 1), --topics not empty")
@@ -154,10 +152,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.concurrency < 1:
         parser.error("--batch-size and --concurrency must be >= 1")
-    events = load_events(parser, args)
+    try:
+        events = load_events(parser, args)
+    except (BadLine, OSError) as exc:  # bad input, not bad usage: one line, no usage text
+        console.say("agg-publish", f"--from {exc}" if isinstance(exc, BadLine)
+                    else f"--from {args.source}: {exc.strerror}")
+        return 2
     publisher = make_publisher(parser, args)
     target = args.endpoint if args.transport == "zmq" else args.url
     progress = Progress(len(events), sys.stderr.isatty() and not args.no_progress)
+    progress.advance(0)  # the bar at 0 at once: a terminal sees that it runs before agg answers
     status = 0
     try:
         with Trouble("agg-publish", target, args.time_limit, progress) as trouble:
