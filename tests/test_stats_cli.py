@@ -152,7 +152,8 @@ def test_a_reader_that_goes_away_ends_the_tools_quietly(agg: AggSystem) -> None:
     publish_topics(agg, [f"t.{i}" for i in range(50)])
     for argv in ([*STATS, "--endpoint", agg.endpoints["stats"], "--json"],
                  [*STATS, "--endpoint", agg.endpoints["stats"], "--watch", "--count", "3", "--interval", "0.1"],
-                 [sys.executable, "-m", "agg.tools.publish", "--url", agg.url, "--events", "10"]):
+                 [sys.executable, "-m", "agg.tools.publish", "--url", agg.url, "--events", "10"],
+                 [sys.executable, "-m", "agg.tools.tail", "--url", agg.url, "--from-start", "--count", "20"]):
         read, write = os.pipe()
         os.close(read)  # as head does once it has its line
         proc = subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)

@@ -45,7 +45,7 @@ class Progress:
         """A line of its own above the bar, which is drawn again after it."""
         with self.lock:
             sys.stderr.write(("\r\x1b[K" if self.enabled else "") + text + "\n")
-            if self.enabled and self.done:
+            if self.enabled:
                 self._draw(time.monotonic())
             sys.stderr.flush()
 
