@@ -14,6 +14,7 @@ import time
 from typing import Iterator, List, Tuple
 
 import pytest
+import zmq
 
 from conftest import AggSystem, make_event, wait_until
 
@@ -78,6 +79,27 @@ def test_zmq_to_nowhere_says_what_it_waits_for_and_stops_at_the_time_limit(refus
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("agg-publish: 50 of 50 events not acknowledged"), err
         assert "Traceback" not in err
+
+
+def test_zmq_to_a_peer_that_never_answers_says_so_and_stops_at_the_time_limit(tmp_base: str) -> None:
+    """Connected, so every send succeeds, but no ack ever comes (an ingest stopped with SIGSTOP)."""
+    silent = zmq.Context.instance().socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_base}/silent.sock"
+    silent.bind(endpoint)
+    try:
+        began = time.monotonic()
+        proc = start("--transport", "zmq", "--endpoint", endpoint, "--time-limit", "3", "--timeout", "60",
+                     "--events", "20", "--json")
+        line, when = first_stderr_line(proc, 10)
+        assert line.startswith(f"agg-publish: no answer from {endpoint} yet"), line
+        assert when - began < 3.0
+        status, out, _err = finish(proc, 10)
+        assert status == 1 and time.monotonic() - began < 3 + 3.0
+        assert json.loads(out)["failed"] == 20
+        assert silent.poll(0), "the publisher did send"  # it was connected, not refused
+    finally:
+        silent.close()
 
 
 def test_http_to_a_stopped_agg_says_it_once_and_stops_at_the_time_limit(refusing_port: int) -> None:
