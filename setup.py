@@ -34,6 +34,7 @@ setup(
             "agg-publish=agg.tools.publish:main",
             "agg-stats=agg.tools.statscli:main",
             "agg-bench=agg.tools.bench:main",
+            "agg-tail=agg.tools.tail:main",
         ],
     },
 )

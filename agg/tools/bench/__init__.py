@@ -40,6 +40,7 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Sequence
 
 from ...client import HttpPublisher
+from .. import console
 from ..publish import make_events
 from .load import drive
 from .report import ratios, render, summarize
@@ -163,7 +164,11 @@ def bench_overload(transport: str, args: argparse.Namespace, settings: List[str]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="agg-bench", description=__doc__.split("\n\n")[0])
+    return console.guard(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    parser = console.parser_for("agg-bench", __doc__)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of {PATHS}")
     parser.add_argument("--events", type=int, default=1_000_000, help="events per batch path [1,000,000]")
     parser.add_argument("--single-events", type=int, default=100_000,
