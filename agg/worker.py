@@ -90,7 +90,6 @@ class Worker:
         # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
         self.heartbeat = lifecycle.Heartbeat(config)
         self.shards = self.open_shards()
-        self.flusher = Flusher(len(self.shards))
         # Set when a WAL flush failed: the worker stops, to be started again (see commit_group).
         self.flush_failed: Optional[str] = None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
@@ -112,6 +111,7 @@ class Worker:
         self.peers: Dict[bytes, float] = {}
         self.busy_every = config.limits.stall_s / 4
         self.last_busy = 0.0
+        self.flusher = Flusher(len(self.shards), self.still_busy, self.busy_every)
 
     def open_shards(self) -> Dict[int, Shard]:
         storage = self.config.storage
