@@ -23,6 +23,9 @@ Requests (publisher -> ingest, front/ingest -> worker or stats)::
     QUERY   b"Q"  [req_id, Query]                     Query = {"topic", "after": {partition: seq},
                                                        "limit"}
     STATS   b"S"  [req_id, {}]                        (to the stats process)
+    CTL     b"O"  [req_id, CtlCommand]                (``agg ctl`` to the supervisor's
+                                                       endpoints.ctl; answered OK with a
+                                                       CtlAnswer, or ERR)
 
 Replies::
 
@@ -60,6 +63,7 @@ BATCH = b"B"
 STORE = b"W"
 QUERY = b"Q"
 STATS = b"S"
+CTL = b"O"
 OK = b"K"
 ERR = b"E"
 BUSY = b"U"
@@ -186,6 +190,29 @@ class SupervisorSnapshot(msgspec.Struct, gc=False):
     time: float
     restarts: Dict[str, int]
     down: List[str] = []
+
+
+class CtlCommand(msgspec.Struct, gc=False):
+    """``agg ctl``'s request: ``status``, ``restart`` (of ``child``) or ``stop``."""
+
+    command: str
+    child: str = ""
+
+
+class ChildStatus(msgspec.Struct, gc=False):
+    """One child as the supervisor sees it; state is up, starting, restarting or down."""
+
+    name: str
+    pid: Optional[int]
+    uptime: float
+    restarts: int
+    state: str
+
+
+class CtlAnswer(msgspec.Struct, gc=False):
+    message: str
+    pid: int  # the supervisor's
+    children: List[ChildStatus] = []
 
 
 class Ready(msgspec.Struct, gc=False):
