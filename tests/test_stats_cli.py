@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -100,6 +101,22 @@ def test_watch_in_a_real_terminal_escapes_names_and_fits_the_screen(agg: AggSyst
     assert "evil\\x1b]0;PWNED" in last and "more topics" in last
     assert re.search(r"x+~ +3 +3 +0\r\n", last)  # the long name cut, the counters still beside it
     assert "\u5b57~ " in last or "\u5b57 ~" in last
+
+
+def test_ctrl_c_ends_watch_with_130_and_no_traceback(agg: AggSystem) -> None:
+    proc = subprocess.Popen([*STATS, "--endpoint", agg.endpoints["stats"], "--watch", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready and proc.stdout.readline() is not None  # a frame is being drawn
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and err == "", err
 
 
 def test_messages_say_what_to_do(agg_factory, tmp_base: str) -> None:

@@ -84,21 +84,25 @@ class TlsProxy:
         except OSError:
             pass
         for sock in (source, sink):
-            try:
-                sock.close()
-            except OSError:
-                pass
+            _close(sock)
 
     def stop(self) -> None:
         self.stopped.set()
         self.listener.close()
         for sock in list(self.sockets):
-            try:
-                sock.close()
-            except OSError:
-                pass
+            _close(sock)
         for thread in self.threads:
             thread.join(5)
+        assert not any(t.is_alive() for t in self.threads), "a proxy thread did not stop"
+
+
+def _close(sock: socket.socket) -> None:
+    """Close ``sock``, waking a thread blocked in its recv (close alone does not)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 @pytest.fixture

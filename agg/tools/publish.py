@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-backoff", type=float, default=2.0, help="longest wait between tries [2 s]")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout [30 s]")
     parser.add_argument("--time-limit", type=float, default=600.0,
-                        help="stop retrying after this many seconds [600]")
+                        help="give up on what is not acknowledged after this many seconds [600]")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -57,29 +57,26 @@ def fetcher(args: argparse.Namespace) -> Callable[[], Dict[str, Any]]:
 
 
 def watch(fetch: Callable[[], Dict[str, Any]], interval: float, count: Optional[int]) -> int:
-    """Redraw a live view every ``interval`` seconds, like top; Ctrl-C to quit."""
+    """Redraw a live view every ``interval`` seconds, like top; Ctrl-C (exit 130) to quit."""
     tty = sys.stdout.isatty()
     previous: Optional[Dict[str, Any]] = None
     last = time.monotonic()
     frames, status = 0, 0
-    try:
-        while count is None or frames < count:
-            now = time.monotonic()
-            size = shutil.get_terminal_size() if tty else os.terminal_size((10 ** 6, 10 ** 6))
-            try:
-                stats = fetch()
-                frame, status = render_watch(stats, previous, now - last, size), 0
-                previous, last = stats, now
-            except NotRunning as exc:
-                frame = f"{visible(str(exc))}\n(retrying every {interval:g} s; Ctrl-C to quit)"
-                previous, status = None, 1
-            sys.stdout.write((HOME if tty else "\n") + frame + "\n")
-            sys.stdout.flush()
-            frames += 1
-            if count is None or frames < count:
-                time.sleep(interval)  # the refresh period of the view
-    except KeyboardInterrupt:
-        return 0  # how one leaves a live view: not a failure
+    while count is None or frames < count:
+        now = time.monotonic()
+        size = shutil.get_terminal_size() if tty else os.terminal_size((10 ** 6, 10 ** 6))
+        try:
+            stats = fetch()
+            frame, status = render_watch(stats, previous, now - last, size), 0
+            previous, last = stats, now
+        except NotRunning as exc:
+            frame = f"{visible(str(exc))}\n(retrying every {interval:g} s; Ctrl-C to quit)"
+            previous, status = None, 1
+        sys.stdout.write((HOME if tty else "\n") + frame + "\n")
+        sys.stdout.flush()
+        frames += 1
+        if count is None or frames < count:
+            time.sleep(interval)  # the refresh period of the view
     return status
 
 
