@@ -99,3 +99,27 @@ def test_queue_depth_reaches_agg_stats_over_zeromq_from_every_edge(agg_factory) 
     wait_until(lambda: depth() == [0, 0], message="nothing in flight once worker 1 answered")
     status, _, body = system.get("/stats")
     assert status == 200 and body["inflight_events"] == [0, 0]
+
+
+def test_livez_answers_from_the_front_alone_and_readyz_follows_health(agg_factory) -> None:
+    import os
+    import signal
+    system: AggSystem = agg_factory(stats_heartbeat_s=0.1, stats_stale_after_s=0.5,
+                                    http_read_token="r", http_publish_token="p")
+    status, _, body = system.get("/livez")
+    assert (status, body) == (200, {"status": "alive", "pid": system.child_pid("front")})
+    status, _, body = system.get("/readyz")
+    assert status == 200 and body["status"] == "healthy" and set(body["workers"]) == {"0", "1"}
+    pid = system.child_pid("worker.1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        def unready():
+            status, _, body = system.get("/readyz")
+            return body if status == 503 else None
+        body = wait_until(unready, message="/readyz to say 503")
+        assert body["status"] == "unhealthy" and body["missing"] == ["worker 1"]
+        assert system.get("/health")[0] == 503
+        assert system.get("/livez")[0] == 200  # the front answers: no reason to restart it
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: system.get("/readyz")[0] == 200, message="ready again")
