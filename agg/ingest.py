@@ -154,10 +154,13 @@ class Ingest:
         except Unavailable as exc:
             await self.reply(rid, self.refusal(req_id, protocol.ERR_UNAVAILABLE, str(exc)))
         else:
+            self.reporter.count("batches")
+            self.reporter.count("events", len(events))
             await self.reply(rid, protocol.encode_ok(req_id, statuses))
 
     def refusal(self, req_id: Any, code: str, reason: str) -> List[bytes]:
         """ERR overload or unavailable: nothing was acknowledged, resend after the pause."""
+        self.reporter.count("refused_" + code)
         return protocol.encode_err(req_id, code, f"{reason}; retry after {self.retry_after} s")
 
     async def serve(self, stop: lifecycle.StopFlag) -> None:

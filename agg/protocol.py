@@ -183,6 +183,9 @@ class EdgeSnapshot(msgspec.Struct, gc=False):
     rejected: Dict[str, int]
     inflight: List[int]
     time: float
+    # What the edge took and refused since it started, by name (the ingest's
+    # "batches", "events", "refused_overload", "refused_unavailable"); absent from older edges.
+    counted: Dict[str, int] = {}
 
 
 class SupervisorSnapshot(msgspec.Struct, gc=False):
