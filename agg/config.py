@@ -183,6 +183,9 @@ class Config:
     workers: int = setting(2, "number of dedup worker processes", minimum=1)
     log_level: str = setting("info", "log level of every process",
                              choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("text", "log lines of every process: text (time level role pid message) or "
+                                      "json (one object a line: time, level, role, pid, message)",
+                              choices=("text", "json"))
     http: Http = dataclasses.field(default_factory=Http)
     ingest: Ingest = dataclasses.field(default_factory=Ingest)
     endpoints: Endpoints = dataclasses.field(default_factory=Endpoints)

@@ -220,7 +220,7 @@ def run(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = configmod.from_command_line("agg-ingest", "run the agg native ZeroMQ ingest", argv)
-    lifecycle.setup_logging("ingest", config.log_level)
+    lifecycle.setup_logging("ingest", config.log_level, config.log_format)
     return run(config)
 
 

@@ -219,7 +219,7 @@ def run(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = configmod.from_command_line("agg-stats-server", "run the agg stats process", argv)
-    lifecycle.setup_logging("stats", config.log_level)
+    lifecycle.setup_logging("stats", config.log_level, config.log_format)
     return run(config)
 
 

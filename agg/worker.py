@@ -345,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, config = configmod.from_command_line(
         "agg-worker", "run one agg dedup worker", argv,
         lambda parser: parser.add_argument("--index", type=int, default=0, help="worker index, from 0"))
-    lifecycle.setup_logging(f"worker.{args.index}", config.log_level)
+    lifecycle.setup_logging(f"worker.{args.index}", config.log_level, config.log_format)
     if not 0 <= args.index < config.workers:
         log.error("--index %d is outside 0..%d", args.index, config.workers - 1)
         return 2

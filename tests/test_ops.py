@@ -157,3 +157,16 @@ def test_metrics_bound_the_topic_label_and_cover_processes_build_and_ingest(agg_
     assert "process_resident_memory_bytes " in text and "process_cpu_seconds_total " in text  # the front's own
     for family in families.values():
         assert family.documentation, f"{family.name} has no HELP"
+
+
+def test_json_log_format_gives_one_object_a_line_from_every_process(agg_factory) -> None:
+    import json
+    system: AggSystem = agg_factory(log_format="json")
+    assert system.post("/publish", make_event(event_id="j1"))[0] == 200
+    assert system.stop() == 0
+    lines = system.log_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all(set(r) == {"time", "level", "role", "pid", "message"} for r in records)
+    assert {r["role"] for r in records} == {"supervisor", "stats", "worker.0", "worker.1", "front", "ingest"}
+    assert any(r["message"].startswith("agg is ready") for r in records)
+    assert all(r["time"].endswith("Z") and r["level"] in ("debug", "info", "warning", "error") for r in records)
