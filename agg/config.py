@@ -135,8 +135,13 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Storage:
-    synchronous: str = setting("FULL", "SQLite synchronous mode of the shards",
-                               choices=("FULL", "NORMAL", "EXTRA"))
+    synchronous: str = setting(
+        "GROUP", "when an acknowledged event reaches the disk. GROUP: each shard commits without "
+                 "an fsync, then the worker fsyncs the WAL files its group wrote, side by side, "
+                 "before any answer (durable against a power cut); FULL, EXTRA: SQLite fsyncs at "
+                 "each shard's commit (as durable, slower); NORMAL: no fsync before the answer "
+                 "(survives a crash of agg, not of the machine)",
+        choices=("GROUP", "FULL", "EXTRA", "NORMAL"))
     group_max_events: int = setting(5000, "most events a worker commits in one group commit", minimum=1)
     cache_mib: int = setting(64, "SQLite page cache per shard, in MiB", minimum=1)
     wal_autocheckpoint: int = setting(

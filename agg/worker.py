@@ -46,6 +46,7 @@ from .protocol import StoredRow, WorkerSnapshot, processing_order
 from .sockets import drain
 from .storage import Shard, StorageError
 from .storage.background import Background
+from .storage.flush import Flusher
 
 log = logging.getLogger("agg.worker")
 
@@ -89,6 +90,9 @@ class Worker:
         # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
         self.heartbeat = lifecycle.Heartbeat(config)
         self.shards = self.open_shards()
+        self.flusher = Flusher(len(self.shards))
+        # Set when a WAL flush failed: the worker stops, to be started again (see commit_group).
+        self.flush_failed: Optional[str] = None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
         self.intake = Intake(index, self.partitions, config.partitions, config.limits.max_events_page)
         self.ctx = zmq.Context()
@@ -185,6 +189,7 @@ class Worker:
             except StorageError as exc:
                 log.error("commit to shard %d failed: %s", p, exc)
                 failed[p] = str(exc)
+        self.flush(done, failed)
         self.note_commits(done, failed)
         self.maybe_publish()
         for i, store in enumerate(live):
@@ -193,6 +198,21 @@ class Worker:
                 self.send(store.rid, protocol.encode_ok(store.req_id, ledger.statuses_of(i, done)))
             else:
                 self.send(store.rid, protocol.encode_err(store.req_id, protocol.ERR_INTERNAL, reason))
+
+    def flush(self, done: Dict[int, bytes], failed: Dict[int, str]) -> None:
+        """Make the group's commits durable before any answer (``storage.synchronous``
+        GROUP; see ``agg.storage.flush``). A shard whose flush failed is answered
+        as failed. Linux may drop the pages an fsync could not write and mark them
+        clean, so what this process has in memory of that shard may be ahead of
+        the disk: the worker stops after this group and the supervisor starts it
+        again, to read the shard from its file (PostgreSQL does the same)."""
+        wals = {p: self.shards[p].wal for p in done}
+        unflushed = self.flusher.flush({p: wal for p, wal in wals.items() if wal is not None})
+        for p, reason in unflushed.items():
+            log.critical("storage error in partition %d: %s; restarting this worker", p, reason)
+            del done[p]
+            failed[p] = f"storage error in partition {p}: {reason}"
+            self.flush_failed = reason
 
     def note_commits(self, done: Dict[int, bytes], failed: Dict[int, str]) -> None:
         """Keep track of which shards fail; stats (and /health) hear of a change at once."""
@@ -267,7 +287,7 @@ class Worker:
         stats = self.config.stats
         interval = stats.publish_interval_s or 0.1
         tick_ms = max(1, int(min(0.1, stats.heartbeat_s, interval) * 1000))
-        while not stop:
+        while not stop and self.flush_failed is None:
             self.heartbeat.beat()
             if poller.poll(tick_ms):
                 self.drain()
@@ -296,6 +316,7 @@ class Worker:
 
     def close(self) -> None:
         self.background.stop()  # its last jobs may be index saves: before the shards close
+        self.flusher.close()
         for shard in self.shards.values():
             shard.close()
         self.router.close()
@@ -337,6 +358,8 @@ def run(config: configmod.Config, index: int) -> int:
         worker.serve(stop)
     finally:
         worker.close()
+    if worker.flush_failed is not None:
+        return 1  # to be started again, and read its shards from their files
     log.info("stopped")
     return 0
 

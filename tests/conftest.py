@@ -124,8 +124,10 @@ def make_event(topic: str = "user.created", event_id: str = "evt-1", **extra: An
 class AggSystem:
     """One ``agg run`` supervisor and its children, started for a test."""
 
-    def __init__(self, base: str, data_dir: Optional[str] = None, **settings: Any) -> None:
+    def __init__(self, base: str, data_dir: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None, **settings: Any) -> None:
         self.base = base
+        self.extra_env = dict(env or {})  # e.g. PYTHONPATH to a test's sitecustomize
         self.data_dir = data_dir or os.path.join(base, "data")
         self.run_dir = os.path.join(base, "run")
         self.settings = {"http-port": 0, "ingest-endpoint": "tcp://127.0.0.1:0",
@@ -144,6 +146,7 @@ class AggSystem:
 
     def start(self, wait: bool = True) -> "AggSystem":
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+        env.update(self.extra_env)
         self.log = open(self.log_path, "ab")
         # Its own process group, so a test can kill the whole group, as a crash would.
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.log,
@@ -245,11 +248,12 @@ def agg_factory(tmp_base: str) -> Iterator[Callable[..., AggSystem]]:
     systems: List[AggSystem] = []
     counter = [0]
 
-    def start(data_dir: Optional[str] = None, wait: bool = True, **settings: Any) -> AggSystem:
+    def start(data_dir: Optional[str] = None, wait: bool = True, env: Optional[Dict[str, str]] = None,
+              **settings: Any) -> AggSystem:
         counter[0] += 1
         base = os.path.join(tmp_base, f"s{counter[0]}")
         os.makedirs(base)
-        system = AggSystem(base, data_dir or os.path.join(tmp_base, "data"), **settings)
+        system = AggSystem(base, data_dir or os.path.join(tmp_base, "data"), env, **settings)
         systems.append(system)
         return system.start(wait=wait)
 

@@ -54,7 +54,7 @@ def test_data_dir_and_run_dir_are_absolute(tmp_path) -> None:
 @pytest.mark.parametrize("argv, env, words", [
     (["--http-port", "eighty"], {}, ["http.port", "--http-port", "expected int"]),
     ([], {"AGG_WORKERS": "0"}, ["workers", "AGG_WORKERS", "at least 1"]),
-    ([], {"AGG_STORAGE_SYNCHRONOUS": "sometimes"}, ["storage.synchronous", "FULL"]),
+    ([], {"AGG_STORAGE_SYNCHRONOUS": "sometimes"}, ["storage.synchronous", "GROUP"]),
     ([], {"AGG_HTTP_ENABLED": "maybe"}, ["http.enabled", "expected bool"]),
     ([], {"AGG_STATS_STALE_AFTER_S": "0.5"}, ["stats.stale_after_s", "stats.heartbeat_s", "0.5"]),
 ])

@@ -183,3 +183,63 @@ def test_a_missing_field_does_not_hide_the_type_errors_beside_it() -> None:
     assert reasons["topic"] == "must be a string, got number"
     assert reasons["event_id"] == reasons["source"] == "is required"
     assert "ISO 8601" in reasons["timestamp"] and "object" in reasons["payload"]
+
+
+# -- both paths follow the README's rules (an oracle apart from agg.events) -----------------
+
+from eventrules import Rules  # noqa: E402
+
+RULES = Rules(LIMITS.max_field_chars, LIMITS.max_payload_bytes, LIMITS.max_batch_events)
+
+
+def keys_of(events) -> list:
+    return [(e.topic, e.event_id) for e in events]
+
+
+@settings(max_examples=600, deadline=None)
+@given(body=RULES.body(), spaced=st.booleans())
+def test_both_json_paths_follow_the_rules(body, spaced) -> None:
+    """Valid events with at most one fault each (most often a timestamp without
+    its zone): the slow path accepts exactly what the rules accept, and the
+    fast path accepts nothing else."""
+    raw = json.dumps(body, indent=1 if spaced else None).encode()
+    want = RULES.expected_of_json(raw)
+    try:
+        items, single = events_of_body(orjson.loads(raw))
+        slow = keys_of(validate_batch(items, LIMITS, single))
+    except (InvalidEvents, orjson.JSONDecodeError):
+        slow = None
+    assert slow == want, raw
+    fast = FAST.decode(raw)
+    if fast is not None:
+        assert keys_of(fast) == want, f"fast path accepted what the rules refuse: {raw!r}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=RULES.body())
+def test_both_msgpack_paths_follow_the_rules(body) -> None:
+    import msgpack
+    from agg.events import FastMsgpackDecoder
+
+    items = body["events"] if "events" in body else [body]
+    want = RULES.expected_keys({"events": items})
+    try:
+        slow = keys_of(validate_batch(items, LIMITS))
+    except InvalidEvents:
+        slow = None
+    assert slow == want, items
+    fast = FastMsgpackDecoder(LIMITS).decode(msgpack.packb([7, items]))
+    if fast is not None:
+        assert fast[0] == 7 and keys_of(fast[1]) == want, f"fast path accepted what the rules refuse: {items!r}"
+
+
+@settings(max_examples=100, deadline=None)
+@given(e=RULES.valid_event(), data=st.data())
+def test_the_rules_generators_make_what_they_say(e, data) -> None:
+    """The oracle's generators: a valid event passes its rules and each fault
+    makes it fail them (else the tests above prove little)."""
+    from eventrules import FAULTS
+
+    assert RULES.event_ok(e), e
+    fault = data.draw(st.sampled_from(FAULTS))
+    assert not RULES.event_ok(fault(RULES, e, data)), fault

@@ -59,7 +59,7 @@ def test_agg_stats_watch_draws_live_frames_and_says_when_agg_is_down(agg: AggSys
     down = subprocess.run([sys.executable, "-m", "agg.tools.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
                            "--watch", "--count", "1", "--timeout", "0.2"],
                           capture_output=True, text=True, timeout=30)
-    assert down.returncode == 0 and "agg is not running" in down.stdout
+    assert down.returncode == 1 and "agg is not running" in down.stdout
     once = subprocess.run([sys.executable, "-m", "agg.tools.statscli", "--endpoint", f"ipc://{tmp_base}/none.sock",
                            "--timeout", "0.2"], capture_output=True, text=True, timeout=30)
     assert once.returncode == 1 and "agg is not running" in once.stderr
