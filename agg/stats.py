@@ -28,6 +28,7 @@ from . import config as configmod
 from . import lifecycle, protocol
 from .config import Config
 from .protocol import Counts, EdgeSnapshot, PartitionCounts, SupervisorSnapshot, WorkerSnapshot
+from .rundirs import make_ipc_dirs
 from .sockets import drain
 
 log = logging.getLogger("agg.stats")
@@ -206,7 +207,13 @@ class StatsServer:
 
 def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
-    server = StatsServer(config)
+    make_ipc_dirs(config.bind_endpoint("stats_in"), config.bind_endpoint("stats"))
+    try:
+        server = StatsServer(config)
+    except zmq.ZMQError as exc:
+        log.error("cannot bind %s and %s: %s", config.bind_endpoint("stats_in"),
+                  config.bind_endpoint("stats"), exc)
+        return 1
     log.info("bound %s and %s", config.endpoint("stats_in"), config.endpoint("stats"))
     lifecycle.announce_ready(config, "stats", 0, config.endpoint("stats"), server.ctx)
     try:
