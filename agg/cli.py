@@ -50,6 +50,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except configmod.ConfigError as exc:
         configmod.print_errors("agg", exc)
         return 2
-    lifecycle.setup_logging("supervisor", config.log_level)
+    lifecycle.setup_logging("supervisor", config.log_level, config.log_format)
     from . import supervisor
     return supervisor.run(config)

@@ -66,6 +66,9 @@ class Http:
     header_timeout_s: float = setting(
         10.0, "a connection that has not begun a request (its head and the first bytes of its body) "
               "this long after it opened, or after its last answer, is closed", minimum=0.1)
+    metrics_max_topics: int = setting(
+        50, "topics GET /metrics labels one by one, the most received first; the others are summed "
+            "under topic=\"__other__\" (a publisher chooses topics: this bounds the series)", minimum=0)
     body_timeout_s: float = setting(
         5.0, "a POST /publish body not complete this long after its head gets 408, and its "
              "connection is closed", minimum=0.1)
@@ -185,6 +188,9 @@ class Config:
     workers: int = setting(2, "number of dedup worker processes", minimum=1)
     log_level: str = setting("info", "log level of every process",
                              choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("text", "log lines of every process: text (time level role pid message) or "
+                                      "json (one object a line: time, level, role, pid, message)",
+                              choices=("text", "json"))
     http: Http = dataclasses.field(default_factory=Http)
     ingest: Ingest = dataclasses.field(default_factory=Ingest)
     endpoints: Endpoints = dataclasses.field(default_factory=Endpoints)

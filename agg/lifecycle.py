@@ -1,7 +1,8 @@
 """What every agg process does the same way: log, stop on a signal, say READY.
 
-- ``setup_logging(role, level)``: one structured line per record on stderr,
-  ``time level role pid message``.
+- ``setup_logging(role, level, fmt)``: one structured line per record on
+  stderr, ``time level role=ROLE pid=PID message`` (``text``), or one JSON
+  object a line with those keys (``json``, for log shippers).
 - ``StopFlag``: SIGTERM and SIGHUP (and SIGINT when not supervised) only set
   a flag that the process's loop checks each tick; outside a supervisor a
   second signal forces the stop. A supervised child ignores SIGINT and SIGHUP,
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -56,9 +58,20 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def setup_logging(role: str, level: str = "info") -> logging.Logger:
+class _JsonFormatter(_Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+                "role": self.role, "pid": os.getpid(), "message": record.getMessage()}
+        if record.exc_info and record.levelno >= logging.ERROR:
+            line["traceback"] = self.formatException(record.exc_info)
+        # ensure_ascii: a line stays one line and plain ASCII whatever a message holds.
+        return json.dumps(line)
+
+
+def setup_logging(role: str, level: str = "info", fmt: str = "text") -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(role))
+    handler.setFormatter(_JsonFormatter(role) if fmt == "json" else _Formatter(role))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

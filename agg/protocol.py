@@ -183,6 +183,9 @@ class EdgeSnapshot(msgspec.Struct, gc=False):
     rejected: Dict[str, int]
     inflight: List[int]
     time: float
+    # What the edge took and refused since it started, by name (the ingest's
+    # "batches", "events", "refused_overload", "refused_unavailable"); absent from older edges.
+    counted: Dict[str, int] = {}
 
 
 class SupervisorSnapshot(msgspec.Struct, gc=False):
@@ -278,10 +281,16 @@ def split_head(body: bytes) -> Tuple[Any, msgspec.Raw]:
 
 
 def request_id(body: bytes) -> Any:
-    """The request id of a ``[req_id, ...]`` body, or None if it has none."""
+    """The request id of a ``[req_id, ...]`` body, or None if it has none. Read
+    from the body's start alone, so that an error about a body cut short or not
+    of the right shape still carries the id its sender can match."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(body), 1))
     try:
-        return split_head(body)[0]
-    except ProtocolError:
+        unpacker.feed(body)
+        if unpacker.read_array_header() < 1:
+            return None
+        return unpacker.unpack()
+    except Exception:  # msgpack raises several unrelated types; no id then
         return None
 
 
@@ -326,4 +335,4 @@ def split_reply(kind: bytes, body: Any) -> Tuple[Any, bool, Any]:
         return body[0], True, body[1]
     if kind == ERR and isinstance(body, list) and len(body) == 4:
         return body[0], False, (body[1], body[2], body[3])
-    raise ProtocolError(ERR_INVALID, f"not a reply: kind {kind!r}")
+    raise ProtocolError(ERR_INVALID, f"not a reply: kind '{kind.decode('ascii', 'replace')}'")

@@ -58,3 +58,15 @@ def prepare_dirs(config: Config) -> Optional[str]:
             except OSError as exc:
                 return f"data_dir: {config.data_dir}: {exc.strerror}"
     return None
+
+
+def make_ipc_dirs(*endpoints: str) -> None:
+    """Create the directories of ``ipc://`` endpoints an actor binds, as ``agg run``
+    does for the run directory (an actor started alone may be the first there).
+    A directory that cannot be made is left to the bind, which then says so."""
+    for endpoint in endpoints:
+        if endpoint.startswith("ipc://"):
+            try:
+                os.makedirs(os.path.dirname(endpoint[len("ipc://"):]) or ".", exist_ok=True)
+            except OSError:
+                pass

@@ -43,6 +43,7 @@ from .intake import Ask, Intake, Refusal, Store
 from .ledger import Ledger
 from .partition import PartitionMismatch, ensure_data_dir, partitions_of_worker, shard_path
 from .protocol import StoredRow, WorkerSnapshot, processing_order
+from .rundirs import make_ipc_dirs, prepare_dirs
 from .sockets import drain
 from .storage import Shard, StorageError
 from .storage.background import Background
@@ -341,6 +342,11 @@ def return_big_blocks_to_the_os() -> None:
 def run(config: configmod.Config, index: int) -> int:
     stop = lifecycle.StopFlag()
     return_big_blocks_to_the_os()
+    problem = prepare_dirs(config)  # under agg run, done already: then a quick check
+    if problem:
+        log.error("%s", problem)
+        return 2
+    make_ipc_dirs(config.bind_endpoint("worker", index))
     try:
         worker = Worker(config, index)
     except StorageError as exc:
@@ -352,6 +358,9 @@ def run(config: configmod.Config, index: int) -> int:
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", config.endpoint("worker", index), exc)
         return 1
+    except OSError as exc:  # a data directory it cannot write (a root-owned volume, read-only)
+        log.error("data_dir: %s: %s", exc.filename or config.data_dir, exc.strerror or exc)
+        return 2
     log.info("bound %s, owns partitions %s", worker.endpoint, worker.partitions)
     lifecycle.announce_ready(config, "worker", index, worker.endpoint, worker.ctx)
     try:
@@ -368,7 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, config = configmod.from_command_line(
         "agg-worker", "run one agg dedup worker", argv,
         lambda parser: parser.add_argument("--index", type=int, default=0, help="worker index, from 0"))
-    lifecycle.setup_logging(f"worker.{args.index}", config.log_level)
+    lifecycle.setup_logging(f"worker.{args.index}", config.log_level, config.log_format)
     if not 0 <= args.index < config.workers:
         log.error("--index %d is outside 0..%d", args.index, config.workers - 1)
         return 2

@@ -131,3 +131,18 @@ def test_children_take_a_terminal_s_sighup_and_sigint_as_nothing(agg: AggSystem)
     assert agg.current_children()["worker.0"] == pid
     assert agg.post("/publish", make_event(topic=topic_of_worker(0), event_id="i1"))[0] == 200
     assert agg.current_children() == agg.endpoints["children"]
+
+
+def test_a_worker_alone_on_an_immutable_data_dir_is_one_line(tmp_base) -> None:
+    """``agg worker`` started alone (a container of the distributed compose file)."""
+    data = os.path.join(tmp_base, "frozen-worker")
+    os.makedirs(data)
+    if subprocess.run(["chattr", "+i", data], capture_output=True).returncode:
+        pytest.skip("chattr +i is not possible here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+    try:
+        out = subprocess.run([sys.executable, "-m", "agg", "worker", "--index", "0", "--data-dir", data],
+                             capture_output=True, text=True, timeout=60, env=env, cwd=tmp_base)
+    finally:
+        subprocess.run(["chattr", "-i", data], capture_output=True)
+    assert_one_line(out, "data_dir", data, "not writable", "Operation not permitted")

@@ -155,5 +155,5 @@ def run(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = configmod.from_command_line("agg-front", "run the agg HTTP front", argv)
-    lifecycle.setup_logging("front", config.log_level)
+    lifecycle.setup_logging("front", config.log_level, config.log_format)
     return run(config)
