@@ -117,3 +117,33 @@ def test_sigkill_at_random_points_of_group_commits_leaves_whole_groups(tmp_path)
         assert list(shard.store(probe, "later")) == [0] * 50 + [1] * 50
     finally:
         shard.close()
+
+
+def test_a_group_whose_counters_cannot_be_written_stores_none_of_its_events(tmp_path) -> None:
+    """The counters are in the group's transaction: a trigger that refuses
+    their update fails the whole commit, its events included."""
+    import pytest
+
+    from agg.storage import StorageError
+
+    path = str(tmp_path / "shard.sqlite3")
+    shard = Shard(path)
+    try:
+        group = [Event("t", f"e{i}", "2025-10-21T14:30:00Z", "s", b"{}") for i in range(300)]
+        shard.store(group[:100], "now")
+        shard.db.execute("CREATE TRIGGER no_counters BEFORE UPDATE ON counters"
+                         " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+        with pytest.raises(StorageError, match="refused by the test"):
+            shard.store(group, "now")
+        assert shard.db.execute("SELECT count(*) FROM events").fetchone()[0] == 100
+        assert shard.counters == {"t": Counts(100, 100, 0)}
+        shard.db.execute("DROP TRIGGER no_counters")
+        assert list(shard.store(group, "later")) == [0] * 100 + [1] * 200
+        assert shard.counters == {"t": Counts(400, 300, 100)}
+    finally:
+        shard.close()
+    reopened = Shard(path)
+    try:
+        assert reopened.counters == {"t": Counts(400, 300, 100)} and reopened.last_seq == 300
+    finally:
+        reopened.close()
