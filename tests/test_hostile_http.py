@@ -2,7 +2,7 @@
 
 import json
 import socket
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import AggSystem, Ledger, make_event, wait_until
@@ -37,8 +37,22 @@ deep = st.builds(lambda depth: (b'{"topic":"t","event_id":"e","timestamp":"2025-
                  st.integers(200, 5000))
 
 
+PINNED = [json.dumps({"events": [make_event(event_id="pinned"), make_event(**fault)]}).encode() for fault in (
+    {"event_id": "x" * 257}, {"topic": " "}, {"source": ""}, {"timestamp": "2025-10-21T14:30:00"},
+    {"timestamp": "2025-02-29T14:30:00Z"}, {"timestamp": "2025-10-21T14:30:00+24:00"},
+    {"payload": {"pad": "y" * 70000}}, {"payload": []}, {"topic": 7})]
+
+
+def pinned(test):
+    """One example of each kind of fault, whatever hypothesis draws."""
+    for raw in PINNED:
+        test = example(case=(raw, RULES.expected_of_json(raw)))(test)
+    return test
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=judged | deep)
+@pinned
 def test_hostile_bodies_get_json_errors_and_store_nothing_invalid(agg: AggSystem, ledger: Ledger, case) -> None:
     """Each body is judged by the rules, not by agg's validation: refused with a
     JSON error that stores and counts nothing but the rejection, or stored
