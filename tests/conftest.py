@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 import zmq
@@ -72,6 +72,15 @@ def http_request(url: str, method: str = "GET", body: Any = None, raw: Optional[
     return resp.status, hdrs, parsed_body
 
 
+def cannot_run_here(reason: str) -> None:
+    """A test that needs what this machine lacks (root, chattr): skipped here,
+    but in CI (``CI`` set, as CI services do) it fails, so that the only tests
+    of a promise cannot vanish from a run unnoticed."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def topic_in(partition: int, partitions: int = 8) -> str:
     """A topic of ``partition``."""
     return next(t for t in (f"topic.{i}" for i in itertools.count()) if partition_of(t, partitions) == partition)
@@ -119,6 +128,40 @@ def make_event(topic: str = "user.created", event_id: str = "evt-1", **extra: An
              "source": "tests", "payload": {"user_id": 123}}
     event.update(extra)
     return event
+
+
+class Ledger:
+    """What an agg must hold after the requests a test made so far: the keys
+    stored and the counters, checked against it by ``check``."""
+
+    def __init__(self) -> None:
+        self.keys: Set[Tuple[str, str]] = set()
+        self.received = self.duplicates = self.rejected = 0
+
+    def accepted(self, keys: List[Tuple[str, str]]) -> List[int]:
+        """Note a request of ``keys`` that was acknowledged; its statuses as they must be."""
+        statuses = []
+        for key in keys:
+            statuses.append(0 if key in self.keys else 1)
+            self.keys.add(key)
+        self.received += len(keys)
+        self.duplicates += statuses.count(0)
+        return statuses
+
+    def check(self, system: "AggSystem", rejected: bool = False) -> None:
+        """The stored set and the counters (and the rejections) are as noted."""
+        system.wait_stats(self.received, len(self.keys), self.duplicates)
+        if rejected:
+            wait_until(lambda: system.stats()["rejected"] == self.rejected,
+                       message=f"{self.rejected} rejections counted")
+        stored = [(e["topic"], e["event_id"]) for e in system.get("/events?limit=10000")[2]["events"]]
+        assert len(stored) == len(self.keys) and set(stored) == self.keys
+
+
+@pytest.fixture
+def ledger() -> "Ledger":
+    """One ledger for a test (a hypothesis test: for all its examples)."""
+    return Ledger()
 
 
 class AggSystem:

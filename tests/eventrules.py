@@ -63,7 +63,8 @@ class Rules:
         return parsed.tzinfo is not None
 
     def payload_ok(self, value: Any) -> bool:
-        if not isinstance(value, dict):
+        """A JSON object: string keys all the way down (a msgpack map may have others)."""
+        if not isinstance(value, dict) or not _string_keys(value):
             return False
         try:
             text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -143,6 +144,14 @@ class Rules:
     def body(self) -> st.SearchStrategy:
         events = st.lists(self.event(), min_size=1, max_size=min(4, self.batch_events))
         return st.one_of(self.event(), st.builds(lambda e: {"events": e}, events))
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 def _has_surrogate(value: Any) -> bool:

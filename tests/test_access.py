@@ -22,7 +22,7 @@ def test_tokens_guard_publish_and_reads(agg_factory) -> None:
                                    headers={"Authorization": f"Bearer {PUBLISH}"})
     assert status == 200 and body["stored"] == 1
 
-    for path in ("/events", "/events?limit=5", "/stats"):
+    for path in ("/events", "/events?limit=5", "/stats", "/metrics"):
         assert http_request(url + path)[0] == 401
         assert http_request(url + path, headers={"Authorization": f"Bearer {PUBLISH}"})[0] == 401
         assert http_request(url + path, headers={"Authorization": f"bearer {READ}"})[0] == 200
@@ -38,7 +38,7 @@ def test_tokens_guard_publish_and_reads(agg_factory) -> None:
                              capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
-    counted = wait_until(lambda: (lambda s: s if s["rejected"] == 10 else None)(stats()),
+    counted = wait_until(lambda: (lambda s: s if s["rejected"] == 12 else None)(stats()),
                          message="the 401s counted")
-    assert counted["rejected_by_reason"] == {"unauthorized": 10}
+    assert counted["rejected_by_reason"] == {"unauthorized": 12}
     assert counted["received"] == 101

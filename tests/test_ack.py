@@ -10,6 +10,7 @@ SQLite trigger put into a shard by the test refuses some inserts, and a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import textwrap
@@ -205,3 +206,74 @@ def test_a_key_sent_over_http_is_a_duplicate_natively_and_back(agg: AggSystem) -
     stored = [(e["topic"], e["event_id"]) for e in agg.get("/events")[2]["events"]]
     assert sorted(stored) == sorted((e["topic"], e["event_id"]) for e in over_http + natively)
     agg.wait_stats(80, 40, 40)
+
+
+def test_a_restart_with_another_worker_count_keeps_dedup_and_every_counter(agg_factory) -> None:
+    """The worker count may change freely (the partitions stay): from 2 workers
+    to 3 and then 1, every event stays deduplicated on both paths, and the
+    totals and per-topic counters are the same as before each restart."""
+    events = [make_event(topic=f"topic-{i % 7}", event_id=f"w-{i}") for i in range(700)]
+    system: AggSystem = agg_factory(workers=2)
+    assert system.post("/publish", {"events": events[:400] + events[:50]})[2]["stored"] == 400
+    before = system.wait_stats(450, 400, 50)
+    per_topic = before["topic_counts"]
+    assert len(per_topic) == 7 and sum(c["duplicate_dropped"] for c in per_topic.values()) == 50
+    system.stop()
+    stored = 400
+    for workers in (3, 1):
+        system = agg_factory(workers=workers)
+        after = system.wait_stats(before["received"], before["unique_processed"], before["duplicate_dropped"])
+        assert after["topic_counts"] == before["topic_counts"], "per-topic counters changed over the restart"
+        assert len(after["workers"]) == workers
+        status, _, body = system.post("/publish", {"events": events[:200]})
+        assert status == 200 and (body["stored"], body["duplicates"]) == (0, 200), body
+        raw = RawClient(system.ingest)
+        try:
+            kind, (_id, statuses) = raw.ask(batch_frames(1, events[200:stored + 150]), timeout=30)
+        finally:
+            raw.close()
+        assert kind == protocol.OK
+        old = stored - 200  # of these, the first ``old`` are stored already
+        assert list(statuses) == [0] * old + [1] * (len(statuses) - old)
+        listed = [(e["topic"], e["event_id"]) for e in system.get("/events?limit=10000")[2]["events"]]
+        stored += 150
+        assert len(listed) == len(set(listed)) == stored
+        before = system.wait_stats(before["received"] + 200 + len(statuses), len(listed),
+                                   before["duplicate_dropped"] + 200 + old)
+        system.stop()
+
+
+SYNCHRONOUS = textwrap.dedent("""\
+    # Test hook: each shard connection, as opened, says its synchronous setting.
+    import sys
+
+    import agg.storage.shard as shard
+
+    connect = shard.Shard._connect
+
+
+    def _connect(self, *args):
+        db = connect(self, *args)
+        level = db.execute("PRAGMA synchronous").fetchone()[0]
+        sys.stderr.write(f"test hook: {self.path} synchronous={level}\\\\n")
+        return db
+
+
+    shard.Shard._connect = _connect
+""")
+
+
+def test_shards_commit_with_synchronous_full_by_default(agg_factory, tmp_base) -> None:
+    """PRAGMA synchronous is a setting of each connection, not of the file, so
+    it is read on the worker's own connections (a hook in every process)."""
+    hook = os.path.join(tmp_base, "hook")
+    os.makedirs(hook)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
+        fh.write(SYNCHRONOUS)
+    for settings, level in (({}, 2), ({"storage_synchronous": "NORMAL"}, 1)):
+        system: AggSystem = agg_factory(env={"PYTHONPATH": hook}, **settings)
+        with open(system.log_path) as fh:
+            seen = dict(re.findall(r"test hook: (\S+) (synchronous=\d)", fh.read()))
+        assert sorted(seen) == sorted(shard_path(system.data_dir, p) for p in range(8)), seen
+        assert set(seen.values()) == {f"synchronous={level}"}, seen
+        system.stop()

@@ -85,6 +85,34 @@ def test_past_its_request_bound_the_front_says_503_before_reading_a_body(agg_fac
     system.wait_stats(received=2, unique=2, duplicates=0)
 
 
+def test_past_its_byte_bound_the_front_says_503_before_reading_a_body(agg_factory) -> None:
+    """Requests are far under http.max_publishes, but their bodies' bytes pass
+    limits.max_reading_bytes: the next body is refused before it is read."""
+    system: AggSystem = agg_factory(http_max_publishes=1000, limits_max_reading_bytes=100_000,
+                                    http_body_timeout_s=30)
+    body = body_of([make_event(event_id=f"bytes-{i}", payload={"pad": "p" * 500}) for i in range(100)])
+    assert 50_000 < len(body) < 100_000
+    held = connect(system)
+    held.sendall(post_head(len(body)) + body[:10])  # the front holds its bytes, reading the rest
+
+    def refused() -> Optional[Tuple[int, Dict[str, str], bytes]]:
+        sock = connect(system)
+        try:
+            sock.sendall(post_head(len(body)) + b'{"events": [')  # the rest of its body never comes
+            status, headers, answer = read_answer(sock)
+            return (status, headers, answer) if status == 503 else None
+        finally:
+            sock.close()
+    status, headers, answer = wait_until(refused, message="the second body refused")
+    assert headers["retry-after"] == "1" and "bytes of requests" in json.loads(answer)["description"]
+    held.sendall(body[10:])
+    assert read_answer(held)[0] == 200
+    held.close()
+    # The bytes are given back: a body of the same size is taken again.
+    assert http_request(system.url + "/publish", "POST", raw=body.replace(b"bytes-", b"again-"))[0] == 200
+    system.wait_stats(received=200, unique=200, duplicates=0)
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import AggSystem, make_event, wait_until
+from conftest import AggSystem, cannot_run_here, make_event, wait_until
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def small_disk(tmp_base):
     os.makedirs(path)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", path],
                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        cannot_run_here("cannot mount a tmpfs here (needs root)")
     yield path
     subprocess.run(["umount", "-l", path], capture_output=True)
 
@@ -65,7 +65,7 @@ def test_unwritable_shards_say_503_and_recover_without_loss(agg_factory) -> None
     files = sorted(f for f in glob.glob(os.path.join(system.data_dir, "shard-*"))
                    if not f.endswith("-shm"))
     if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not available here")
+        cannot_run_here("chattr +i is not available here")
     try:
         batch = [make_event(topic=f"t{i % 5}", event_id=f"ro-b-{i}") for i in range(200)]
         status, _, body = system.post("/publish", {"events": batch})

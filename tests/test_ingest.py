@@ -9,14 +9,15 @@ import sys
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agg import protocol
 from agg.client import AsyncPublisher, Publisher
 from agg.partition import partition_of
 from agg.tools.publish import make_events
-from conftest import AggSystem, RawClient, make_event, wait_until
+from conftest import AggSystem, Ledger, RawClient, make_event, wait_until
+from eventrules import Rules
 
 
 def batch_frames(req_id, events):
@@ -105,26 +106,62 @@ json_values = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frames=st.one_of(
-    st.lists(st.binary(max_size=64), min_size=1, max_size=5),
-    st.builds(lambda body: [protocol.VERSION, protocol.BATCH, msgpack.packb(body, use_bin_type=True)],
-              st.lists(json_values, max_size=3)),
-    st.builds(lambda rid, events: [protocol.VERSION, protocol.BATCH,
-                                   msgpack.packb([rid, events], use_bin_type=True)],
-              json_values, st.lists(st.dictionaries(
-                  st.sampled_from(["topic", "event_id", "timestamp", "source", "payload"]),
-                  json_values, max_size=5), min_size=1, max_size=3)),
-    st.builds(lambda cut: [protocol.VERSION, protocol.BATCH,
-                           msgpack.packb([1, [make_event()]])[:cut]], st.integers(0, 100)),
-))
-def test_fuzzed_frames_never_crash_or_store(agg: AggSystem, raw: RawClient, frames) -> None:
+RULES = Rules()
+
+
+def judged_frames(items) -> tuple:
+    """A BATCH of ``items`` and the keys the rules say it stores (None: refused)."""
+    want = RULES.expected_keys({"events": items}) if isinstance(items, list) else None
+    return [protocol.VERSION, protocol.BATCH, msgpack.packb([1, items], use_bin_type=True)], want, True
+
+
+# Half of the cases are valid batches with at most one targeted fault per event, judged by
+# the rules; the examples pin one of each kind of fault.
+garbage = st.one_of(
+    st.builds(lambda frames: (frames, None, False), st.lists(st.binary(max_size=64), min_size=1, max_size=5)),
+    st.builds(lambda body: ([protocol.VERSION, protocol.BATCH, msgpack.packb(body, use_bin_type=True)], None, False),
+              st.lists(json_values, max_size=3).filter(lambda b: len(b) != 2)),
+    st.builds(lambda rid, events: judged_frames(events), json_values, st.lists(st.dictionaries(
+        st.sampled_from(["topic", "event_id", "timestamp", "source", "payload"]),
+        json_values, max_size=5), min_size=1, max_size=3)),
+    st.builds(lambda cut: ([protocol.VERSION, protocol.BATCH, msgpack.packb([1, [make_event()]])[:cut]], None, False),
+              st.integers(0, 40)),
+)
+PINNED = [judged_frames([make_event(event_id="pinned"), make_event(**fault)]) for fault in (
+    {"event_id": "x" * 257}, {"topic": " "}, {"source": ""}, {"timestamp": "2025-10-21T14:30:00"},
+    {"timestamp": "2025-02-29T14:30:00Z"}, {"timestamp": "2025-10-21T14:30:00+24:00"},
+    {"payload": {"pad": "y" * 70000}}, {"payload": []}, {"payload": {"x": float("nan")}}, {"topic": 7})]
+
+
+
+def pinned(test):
+    for case in PINNED:
+        test = example(case=case)(test)
+    return test
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.one_of(
+    st.builds(lambda body: judged_frames(body["events"] if "events" in body else [body]), RULES.body()),
+    garbage))
+@pinned
+def test_fuzzed_frames_never_crash_or_store(agg: AggSystem, raw: RawClient, ledger: Ledger, case) -> None:
+    """Every message gets an answer; it is OK exactly when the README's rules
+    accept its batch, and after each the stored set and the counters are what
+    the accepted batches make them."""
+    frames, want, batch = case
     answer = raw.ask(frames)
     assert answer is not None, "every message gets an answer"
     kind, body = answer
-    assert kind in (protocol.OK, protocol.ERR)
-    if kind == protocol.OK:  # only a valid batch may be stored
-        assert len(body[1]) >= 1
+    if want is None:
+        assert kind == protocol.ERR and body[1] in (protocol.ERR_INVALID, protocol.ERR_VERSION), (frames, body)
+        if batch:  # a batch of events the rules refuse: ERR invalid, naming the events
+            assert body[1] == protocol.ERR_INVALID and body[3], body
+            assert all(isinstance(e[0], int) for e in body[3]), body
+    else:
+        assert kind == protocol.OK, (frames, body)
+        assert list(body[1]) == ledger.accepted(want), (frames, body)
+    ledger.check(agg)
 
 
 def test_garbage_leaves_the_connection_and_process_serving(agg: AggSystem, raw: RawClient) -> None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import subprocess
 from typing import Any, List, Tuple
 
-import pytest
-
 from agg import protocol
 from agg.partition import partitions_of_worker, shard_path
-from conftest import RawClient, topic_in
+from conftest import RawClient, cannot_run_here, topic_in
 
 PARTITIONS = 8
 WORKERS = 2
@@ -106,7 +104,7 @@ def test_a_failing_shard_fails_only_the_requests_that_touch_it(agg_factory) -> N
         # The immutable flag refuses writes even to root, even on open files (see test_disk).
         path = shard_path(agg.data_dir, bad)
         if subprocess.run(["chattr", "+i", path, path + "-wal"], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available here")
+            cannot_run_here("chattr +i is not available here")
         try:
             ok, statuses = client.send([event(good, topic_in(good), "a"), event(other, topic_in(other), "b")])
             assert ok and list(statuses) == [protocol.STORED, protocol.STORED]
