@@ -138,10 +138,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=("status", "restart", "stop"))
     p.add_argument("child", nargs="?", help="for restart: stats, worker.N, front or ingest")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file of that agg")
-    for key in ("data_dir", "run_dir", "endpoints.ctl"):
-        s = configmod.SETTINGS[key]
-        p.add_argument(configmod.flag_name(key), dest=configmod.dest_name(key), metavar="VALUE",
-                       help=s.help)
+    for key, what in (("data_dir", "the data directory of the agg to control [./data]"),
+                      ("run_dir", "its run directory, if not DATA_DIR/run"),
+                      ("endpoints.ctl", "its control socket, if not ipc://RUN_DIR/ctl.sock")):
+        p.add_argument(configmod.flag_name(key), dest=configmod.dest_name(key), metavar="PATH",
+                       help=what)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer [5]")
     p.add_argument("--wait", type=float, default=60.0,
                    help="seconds restart and stop wait for the child to be up / agg to be gone [60]")

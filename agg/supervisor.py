@@ -7,10 +7,12 @@ Connects:  PUB to ``endpoints.stats_in`` for its restart counts (``ctr.superviso
 Owns:      the child processes, ``DATA_DIR/agg-meta.json`` (via ``ensure_data_dir``),
            the lock ``RUN_DIR/agg.lock`` (one agg per data directory), and
            ``RUN_DIR/endpoints.json``, written once everything is READY.
-Stops:     on SIGINT/SIGTERM/SIGHUP (logged; SIGHUP reloads nothing): children in reverse start order (front and ingest
-           first, so nothing new arrives; then the workers, which commit and
-           answer what they hold; then stats), each with SIGTERM, then SIGKILL
-           after ``supervisor.grace_s``. A second signal kills at once.
+Stops:     on SIGINT, SIGTERM or SIGHUP (logged; SIGHUP reloads nothing, the
+           settings of a running system being fixed), or ``agg ctl stop``:
+           children in reverse start order (front and ingest first, so nothing
+           new arrives; then the workers, which commit and answer what they
+           hold; then stats), each with SIGTERM, then SIGKILL after
+           ``supervisor.grace_s``. A second signal kills at once.
 
 Start order: stats, workers, then front and ingest; each stage waits for the
 READY of its processes, never for a sleep. A child that dies after it has run
