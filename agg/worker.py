@@ -17,9 +17,10 @@ answer therefore always means "committed"; a crash before it means "not
 acknowledged", and the publisher resends. A store whose sender has given up
 (its deadline passed while it waited in the socket) is not begun.
 
-Busy is not dead: while it works on a long request (a large page, a long
-commit), SQLite's progress handler has it tell each peer it owes an answer
-that it is still at it (BUSY), so that a peer does not take it for stalled.
+Busy is not dead: while its loop works on something long (a large page, a
+long commit or flush, or no CPU on a busy machine), a thread of its own, the
+pulse (``agg.pulse``), tells each peer heard from lately that it is still at
+it (BUSY), so that a peer does not take it for stalled.
 A shard that failed a commit is tried with a small write every
 ``PROBE_EVERY`` seconds of idle time, so that health turns back by itself
 once the cause is gone (space freed).
@@ -41,6 +42,7 @@ from . import config as configmod
 from . import lifecycle, protocol
 from .intake import Ask, Intake, Refusal, Store
 from .ledger import Ledger
+from .pulse import Pulse
 from .partition import PartitionMismatch, ensure_data_dir, partitions_of_worker, shard_path
 from .protocol import StoredRow, WorkerSnapshot, processing_order
 from .rundirs import make_ipc_dirs, prepare_dirs
@@ -52,8 +54,7 @@ from .storage.flush import Flusher
 log = logging.getLogger("agg.worker")
 
 PROBE_EVERY = 0.5  # seconds between two tries of a failing shard, when idle
-PROGRESS_STEPS = 20_000  # SQLite VM steps between two looks at the clock while busy
-PEER_FORGET_S = 300.0  # a peer silent this long is told no more BUSY
+PROGRESS_STEPS = 20_000  # SQLite VM steps between two heartbeats while busy
 
 
 class CommitClock:
@@ -107,12 +108,9 @@ class Worker:
         self.dirty: Set[int] = set(self.partitions)
         self.failing: Dict[int, str] = {}  # partition -> why its last commit failed
         self.last_probe = 0.0
-        # Peers that have spoken lately (routing id -> when), told BUSY while a long
-        # request holds the loop: their requests may be waiting in the socket.
-        self.peers: Dict[bytes, float] = {}
-        self.busy_every = config.limits.stall_s / 4
-        self.last_busy = 0.0
-        self.flusher = Flusher(len(self.shards), self.still_busy, self.busy_every)
+        # BUSY to the peers while the loop works; it shares the ROUTER under its lock.
+        self.pulse = Pulse(self.router, config.limits.stall_s / 4, config.limits.ack_timeout_s)
+        self.flusher = Flusher(len(self.shards), self.still_busy, config.limits.stall_s / 4)
 
     def open_shards(self) -> Dict[int, Shard]:
         storage = self.config.storage
@@ -139,7 +137,12 @@ class Worker:
         stores: List[Store] = []
         asks: List[Ask] = []
         events = 0
-        for frames in drain(self.router):
+        incoming = drain(self.router)
+        while True:
+            with self.pulse.lock:
+                frames = next(incoming, None)
+            if frames is None:
+                break
             request = self.intake.read(frames)
             if isinstance(request, Store):
                 stores.append(request)
@@ -148,7 +151,7 @@ class Worker:
                 asks.append(request)
             else:
                 self.refuse(request)
-            self.peers[request.rid] = time.monotonic()
+            self.pulse.peers[request.rid] = time.monotonic()
             if events >= self.config.storage.group_max_events:
                 break
         if stores:
@@ -160,7 +163,8 @@ class Worker:
         self.send(refusal.rid, protocol.encode_err(refusal.req_id, refusal.code, refusal.reason))
 
     def send(self, rid: bytes, frames: List[bytes]) -> None:
-        self.router.send_multipart([rid] + frames)
+        with self.pulse.lock:
+            self.router.send_multipart([rid] + frames)
 
     def commit_group(self, stores: Sequence[Store]) -> None:
         """Commit every live event of ``stores``, one transaction per partition,
@@ -244,19 +248,9 @@ class Worker:
 
     def still_busy(self) -> int:
         """SQLite's progress handler, called every ``PROGRESS_STEPS`` steps of a
-        statement: at most every quarter of ``limits.stall_s``, tell each peer
-        heard from lately that the work goes on, and the supervisor that the
-        loop is not hung. 0: carry on."""
-        now = time.monotonic()
-        if now - self.last_busy >= self.busy_every:
-            self.last_busy = now
-            busy = protocol.encode(protocol.BUSY, [None])
-            for rid, seen in list(self.peers.items()):
-                if now - seen > PEER_FORGET_S:
-                    del self.peers[rid]  # a peer gone quiet (an edge restarted with a new id)
-                else:
-                    self.send(rid, busy)
-            self.heartbeat.beat()
+        statement, and the flush's while it waits: tell the supervisor that the
+        loop is not hung (BUSY to the peers is the pulse's). 0: carry on."""
+        self.heartbeat.beat()
         return 0
 
     # -- counters -------------------------------------------------------------------------
@@ -284,6 +278,7 @@ class Worker:
     def serve(self, stop: lifecycle.StopFlag) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        self.pulse.start()
         # Wake at least every 100 ms to see a stop; sooner if counters wait for their interval.
         stats = self.config.stats
         interval = stats.publish_interval_s or 0.1
@@ -291,7 +286,11 @@ class Worker:
         while not stop and self.flush_failed is None:
             self.heartbeat.beat()
             if poller.poll(tick_ms):
-                self.drain()
+                self.pulse.work()
+                try:
+                    self.drain()
+                finally:
+                    self.pulse.rest()  # before the next poll: the pulse keeps off the socket
             else:
                 self.idle()
             self.maybe_publish()
@@ -318,6 +317,7 @@ class Worker:
     def close(self) -> None:
         self.background.stop()  # its last jobs may be index saves: before the shards close
         self.flusher.close()
+        self.pulse.stop()
         for shard in self.shards.values():
             shard.close()
         self.router.close()

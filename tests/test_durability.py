@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from agg.partition import shard_path
 from conftest import make_event, topic_in, wait_until
@@ -60,3 +61,20 @@ def test_a_failed_flush_gives_no_ok_and_agg_recovers(agg_factory, tmp_base) -> N
     assert body["stored"] + body["duplicates"] == 1, body
     status, _, page = agg.get(f"/events?topic={topic}")
     assert sorted(e["event_id"] for e in page["events"]) == ["before", "during"], page
+
+
+def test_a_slow_flush_is_busy_not_stalled(agg_factory, tmp_base) -> None:
+    """A flush that takes 1 s (a slow or loaded disk) holds the worker's loop
+    far past limits.stall_s, where it cannot answer: its pulse says BUSY, so
+    the publish waits and is acknowledged instead of getting a false 503."""
+    marker, env = faulty(tmp_base)
+    env["AGG_TEST_FSYNC_DELAY_S"] = "1.0"
+    agg = agg_factory(env=env, limits_stall_s=0.2)
+    topic = topic_in(0)
+    open(marker, "w").close()
+    for n in range(3):
+        started = time.monotonic()
+        status, _, body = agg.post("/publish", make_event(topic, f"slow-{n}"))
+        assert status == 200, body
+        assert time.monotonic() - started >= 1.0  # it did wait for the slow flush
+    assert "stalled" not in agg.log_text() and "has not answered" not in agg.log_text()

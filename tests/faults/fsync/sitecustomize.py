@@ -1,12 +1,15 @@
 """A fault for tests, loaded by Python at the start of every agg process whose
 PYTHONPATH holds this directory: while the file named by AGG_TEST_FSYNC_FAILS
-exists, an fsync or fdatasync of a SQLite WAL file fails with EIO, as on a failing disk.
+exists, an fsync or fdatasync of a SQLite WAL file fails with EIO, as on a failing disk
+(or, with AGG_TEST_FSYNC_DELAY_S set, takes that long, as on a slow or loaded one).
 Nothing else changes; agg's code is not touched."""
 
 import errno
 import os
+import time
 
 _marker = os.environ.get("AGG_TEST_FSYNC_FAILS")
+_delay = float(os.environ.get("AGG_TEST_FSYNC_DELAY_S") or 0)
 _real = {"fsync": os.fsync, "fdatasync": os.fdatasync}
 
 
@@ -24,6 +27,9 @@ def _check(fd):
         except OSError:
             target = ""
         if target.endswith("-wal"):
+            if _delay:
+                time.sleep(_delay)
+                return
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
