@@ -202,9 +202,9 @@ def test_unknown_route_and_method_answer_json(agg: AggSystem) -> None:
 
 
 def test_health_and_publish_say_503_when_a_worker_is_stopped(agg_factory) -> None:
-    # Heartbeats come five times per stale window, so the running worker 1 never looks stale
-    # between two of its snapshots (with the default 0.5 s heartbeat, it sometimes did).
-    system = agg_factory(stats_heartbeat_s=0.1, stats_stale_after_s=0.5, limits_ack_timeout_s=0.5,
+    # Heartbeats come twenty times per stale window, so the running worker 1 never looks stale
+    # between two of its snapshots, even on a loaded machine (0.5 s sometimes was not enough).
+    system = agg_factory(stats_heartbeat_s=0.1, stats_stale_after_s=2, limits_ack_timeout_s=0.5,
                          limits_retry_after_s=2)
     pid = system.child_pid("worker.0")
     os.kill(pid, signal.SIGSTOP)

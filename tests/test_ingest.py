@@ -90,8 +90,15 @@ def test_too_large_message_closes_only_that_connection(agg_factory) -> None:
     big = RawClient(system.ingest)
     small = RawClient(system.ingest)
     try:
-        assert big.ask(batch_frames(1, [make_event(payload={"x": "y" * 30000})]), timeout=1.0) is None
+        big.sock.send_multipart(batch_frames(1, [make_event(payload={"x": "y" * 30000})]))
         assert small.ask(batch_frames(2, [make_event()]))[0] == protocol.OK
+        # The big one's connection was closed, not answered: the same socket, connected again,
+        # has its next message answered, and that is the only answer it ever gets.
+        answer = big.ask(batch_frames(3, [make_event(event_id="after")]), 30)
+        assert answer is not None, "the big client was not served again"
+        kind, body = answer
+        assert (kind, body[0]) == (protocol.OK, 3), body
+        assert not big.sock.poll(0), "the oversized message was answered"
     finally:
         big.close()
         small.close()
