@@ -80,9 +80,14 @@ def test_invalid_event_gets_an_error_frame_and_stores_nothing(agg: AggSystem, ra
     ([protocol.VERSION, protocol.BATCH, msgpack.packb([1, []])], protocol.ERR_INVALID),
     ([b""], protocol.ERR_INVALID),
 ])
-def test_malformed_frames_get_an_error_frame(raw: RawClient, frames, code) -> None:
-    kind, body = raw.ask(frames)
+def test_malformed_frames_get_an_error_frame(reading_agg: AggSystem, frames, code) -> None:
+    raw = RawClient(reading_agg.ingest)
+    try:
+        kind, body = raw.ask(frames)
+    finally:
+        raw.close()
     assert kind == protocol.ERR and body[1] == code and body[2]
+    assert reading_agg.get("/events")[2]["count"] == 0
 
 
 def test_too_large_message_closes_only_that_connection(agg_factory) -> None:
