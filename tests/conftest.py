@@ -180,6 +180,7 @@ class AggSystem:
         self.proc: Optional[subprocess.Popen] = None
         self.endpoints: Dict[str, Any] = {}
         self.log_path = os.path.join(base, "agg.log")
+        self.rejections_expected = 0
 
     def command(self) -> List[str]:
         cmd = [sys.executable, "-m", "agg", "run"]
@@ -247,6 +248,13 @@ class AggSystem:
             return wait_until(match, timeout, message=f"stats {want}")
         except AssertionError:
             raise AssertionError(f"stats never reached {want}; last seen {seen}") from None
+
+    def expect_rejections(self, count: int) -> Dict[str, Any]:
+        """Note ``count`` more rejected requests; wait until /stats counts them all."""
+        self.rejections_expected += count
+        want = self.rejections_expected
+        return wait_until(lambda: (lambda s: s if s["rejected"] == want else None)(self.stats()),
+                          message=f"{want} rejections counted")
 
     def child_pid(self, name: str) -> int:
         return int(self.endpoints["children"][name])
@@ -319,6 +327,39 @@ def agg_factory(tmp_base: str) -> Iterator[Callable[..., AggSystem]]:
 @pytest.fixture
 def agg(agg_factory: Callable[..., AggSystem]) -> AggSystem:
     return agg_factory()
+
+
+def _shared_system() -> Iterator[AggSystem]:
+    base = tempfile.mkdtemp(prefix="agg-", dir="/tmp")
+    system = AggSystem(base, os.path.join(base, "data"))
+    try:
+        system.start()
+        yield system
+        children = list((system.endpoints.get("children") or {}).values())
+        system.stop()
+        for pid in children:
+            _wait_gone(pid)
+    finally:
+        if system.proc is not None and system.proc.poll() is None:
+            system.proc.kill()
+            system.proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def refusing_agg() -> Iterator[AggSystem]:
+    """One agg for the tests of a module whose requests are all refused: none
+    may store anything (each asserts that nothing is stored at all), and each
+    counts the rejections it causes with ``expect_rejections``. Starting an
+    agg takes seconds; tests that kill, stop, fill or store get their own."""
+    yield from _shared_system()
+
+
+@pytest.fixture(scope="module")
+def reading_agg() -> Iterator[AggSystem]:
+    """One agg for the tests of a module that only read it (or are refused
+    without a count of it being asserted)."""
+    yield from _shared_system()
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

@@ -100,16 +100,35 @@ def test_a_store_whose_sender_gave_up_is_not_begun(agg_factory) -> None:
     system.wait_stats(received=1, unique=1, duplicates=0)
 
 
-def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory) -> None:
+# Test hook: a page query does more work per row (a scan of the rows after it,
+# in SQLite's VM, so that the progress handler that tells BUSY keeps being
+# called), as a larger page would: a page takes a worker well over stall_s.
+SLOW_PAGES = """\
+import agg.storage.schema as schema
+
+schema.PAGE = schema.PAGE.replace("WHERE seq > ?", "WHERE seq > ? AND (SELECT count(*) FROM events AS e"
+                                  " WHERE e.seq BETWEEN events.seq AND events.seq + 400) >= 0")
+"""
+
+
+def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, tmp_base) -> None:
     """Pages of 10,000 events of 1 KB take a worker (and the front) longer than
     limits.stall_s to build; publishes beside them are never refused, and no
-    page is refused. A truly stopped worker is still found out: test_overload."""
-    system: AggSystem = agg_factory(limits_stall_s=0.2)
+    page is refused. A truly stopped worker is still found out: test_overload.
+    stall_s is 0.3 s, not 0.1: a worker's pulse tells BUSY every quarter of it, and
+    on a loaded machine one starved for 75 ms between two tells was taken for
+    stalled; each page is checked to have taken longer than stall_s."""
+    stall_s = 0.3
+    hook = os.path.join(tmp_base, "hook")
+    os.makedirs(hook)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
+        fh.write(SLOW_PAGES)
+    system: AggSystem = agg_factory(limits_stall_s=stall_s, env={"PYTHONPATH": hook})
     pad = "z" * 1000
     for b in range(6):
         events = [make_event(topic=f"t{i % 8}", event_id=f"p{b}-{i}", payload={"pad": pad}) for i in range(5000)]
         # Filling the store is not under test: a commit of 5 MB can wait on a loaded disk in one
-        # write longer than the 0.2 s (nothing can say BUSY from inside it), so resend, as a
+        # write longer than stall_s, so resend, as a
         # publisher would, until acknowledged.
         wait_until(lambda events=events: system.post("/publish", {"events": events})[0] == 200, 60,
                    message="the store filled")
@@ -126,9 +145,12 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory) -
             n += 1
     thread = threading.Thread(target=publish)
     thread.start()
+    took: list = []
     try:
-        for _ in range(8):
+        for _ in range(4):
+            start = time.monotonic()
             status, _, body = system.get("/events?limit=10000")
+            took.append(time.monotonic() - start)
             if status != 200:
                 failures.append(("page", status, body))
             else:
@@ -138,3 +160,5 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory) -
         thread.join(60)
     assert not failures, failures[:3]
     assert "has not answered" not in system.log_text()
+    print(f"\npages took {min(took):.2f}-{max(took):.2f} s against stall_s {stall_s} s")
+    assert max(took) > stall_s, f"pages took {max(took):.2f} s at most: too fast to show anything"

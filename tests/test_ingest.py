@@ -80,9 +80,14 @@ def test_invalid_event_gets_an_error_frame_and_stores_nothing(agg: AggSystem, ra
     ([protocol.VERSION, protocol.BATCH, msgpack.packb([1, []])], protocol.ERR_INVALID),
     ([b""], protocol.ERR_INVALID),
 ])
-def test_malformed_frames_get_an_error_frame(raw: RawClient, frames, code) -> None:
-    kind, body = raw.ask(frames)
+def test_malformed_frames_get_an_error_frame(reading_agg: AggSystem, frames, code) -> None:
+    raw = RawClient(reading_agg.ingest)
+    try:
+        kind, body = raw.ask(frames)
+    finally:
+        raw.close()
     assert kind == protocol.ERR and body[1] == code and body[2]
+    assert reading_agg.get("/events")[2]["count"] == 0
 
 
 def test_too_large_message_closes_only_that_connection(agg_factory) -> None:
@@ -90,8 +95,15 @@ def test_too_large_message_closes_only_that_connection(agg_factory) -> None:
     big = RawClient(system.ingest)
     small = RawClient(system.ingest)
     try:
-        assert big.ask(batch_frames(1, [make_event(payload={"x": "y" * 30000})]), timeout=1.0) is None
+        big.sock.send_multipart(batch_frames(1, [make_event(payload={"x": "y" * 30000})]))
         assert small.ask(batch_frames(2, [make_event()]))[0] == protocol.OK
+        # The big one's connection was closed, not answered: the same socket, connected again,
+        # has its next message answered, and that is the only answer it ever gets.
+        answer = big.ask(batch_frames(3, [make_event(event_id="after")]), 30)
+        assert answer is not None, "the big client was not served again"
+        kind, body = answer
+        assert (kind, body[0]) == (protocol.OK, 3), body
+        assert not big.sock.poll(0), "the oversized message was answered"
     finally:
         big.close()
         small.close()
