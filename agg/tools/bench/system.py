@@ -109,10 +109,11 @@ class System:
         self.log.close()
 
 
-class BareSystem:
-    """The bare Falcon app (``agg.tools.bench.bare``), with System's interface."""
+class BareSystem(System):
+    """The bare Falcon app (``agg.tools.bench.bare``), with System's interface
+    (its own start, and no children)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str) -> None:  # not System.__init__: nothing of agg starts here
         self.log = open(os.path.join(base, "bare.log"), "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "agg.tools.bench.bare"], stdout=subprocess.PIPE,
                                      stderr=self.log, stdin=subprocess.DEVNULL, cwd=base)
@@ -125,12 +126,3 @@ class BareSystem:
 
     def pids(self) -> Dict[str, int]:
         return {"bare": self.proc.pid}
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
