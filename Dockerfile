@@ -29,7 +29,8 @@ ENV AGG_DATA_DIR=/data \
 VOLUME ["/data"]
 EXPOSE 8080 5555
 
+# GET /health on the port of the configuration (AGG_HTTP_PORT or conf/), not a fixed 8080.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-m", "agg.probe"]
 
 CMD ["agg", "run"]

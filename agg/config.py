@@ -30,9 +30,9 @@ import typing
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:
-    import tomli as tomllib
+    pass
 
 RESOLVED_ENV = "AGG_RESOLVED_CONFIG"
 CONFIG_ENV = "AGG_CONFIG"
@@ -66,6 +66,9 @@ class Http:
     header_timeout_s: float = setting(
         10.0, "a connection that has not begun a request (its head and the first bytes of its body) "
               "this long after it opened, or after its last answer, is closed", minimum=0.1)
+    metrics_max_topics: int = setting(
+        50, "topics GET /metrics labels one by one, the most received first; the others are summed "
+            "under topic=\"__other__\" (a publisher chooses topics: this bounds the series)", minimum=0)
     body_timeout_s: float = setting(
         5.0, "a POST /publish body not complete this long after its head gets 408, and its "
              "connection is closed", minimum=0.1)
@@ -97,6 +100,9 @@ class Endpoints:
     stats_bind: str = setting("", "what the stats process binds, if not endpoints.stats")
     control: str = setting("ipc://{run_dir}/control.sock",
                            "endpoint where the supervisor collects READY messages")
+    ctl: str = setting("ipc://{run_dir}/ctl.sock",
+                       "endpoint where the supervisor answers agg ctl (status, restart, stop); "
+                       "it has no authentication: keep it on ipc://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +135,13 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Storage:
-    synchronous: str = setting("FULL", "SQLite synchronous mode of the shards",
-                               choices=("FULL", "NORMAL", "EXTRA"))
+    synchronous: str = setting(
+        "GROUP", "when an acknowledged event reaches the disk. GROUP: each shard commits without "
+                 "an fsync, then the worker fsyncs the WAL files its group wrote, side by side, "
+                 "before any answer (durable against a power cut); FULL, EXTRA: SQLite fsyncs at "
+                 "each shard's commit (as durable, slower); NORMAL: no fsync before the answer "
+                 "(survives a crash of agg, not of the machine)",
+        choices=("GROUP", "FULL", "EXTRA", "NORMAL"))
     group_max_events: int = setting(5000, "most events a worker commits in one group commit", minimum=1)
     cache_mib: int = setting(64, "SQLite page cache per shard, in MiB", minimum=1)
     wal_autocheckpoint: int = setting(
@@ -177,6 +188,9 @@ class Config:
     workers: int = setting(2, "number of dedup worker processes", minimum=1)
     log_level: str = setting("info", "log level of every process",
                              choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("text", "log lines of every process: text (time level role pid message) or "
+                                      "json (one object a line: time, level, role, pid, message)",
+                              choices=("text", "json"))
     http: Http = dataclasses.field(default_factory=Http)
     ingest: Ingest = dataclasses.field(default_factory=Ingest)
     endpoints: Endpoints = dataclasses.field(default_factory=Endpoints)
@@ -258,7 +272,12 @@ def _build(values: Mapping[str, Any]) -> Config:
 
 
 class ConfigError(Exception):
-    """A bad configuration value; the message names the key."""
+    """Bad configuration values: ``problems`` holds one line per problem, each
+    naming its key; the message is them all, joined by "; "."""
+
+    def __init__(self, problems: "str | Sequence[str]") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 def env_name(key: str) -> str:
@@ -273,70 +292,6 @@ def dest_name(key: str) -> str:
     return "cfg_" + key.replace(".", "_")
 
 
-def _coerce(setting: Setting, value: Any, origin: str) -> Any:
-    """Convert ``value`` to the setting's type or raise a one-line ConfigError."""
-    where = f"{setting.key} ({origin})"
-    want = setting.type
-    try:
-        if want is bool:
-            if isinstance(value, bool):
-                result: Any = value
-            elif isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-                result = True
-            elif isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-                result = False
-            else:
-                raise ValueError
-        elif want is int:
-            if isinstance(value, bool) or isinstance(value, float):
-                raise ValueError
-            result = int(value)
-        elif want is float:
-            if isinstance(value, bool):
-                raise ValueError
-            result = float(value)
-        else:
-            if not isinstance(value, str):
-                raise ValueError
-            result = value
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {want.__name__}, got {value!r}") from None
-    if setting.choices:
-        normal = result.upper() if setting.choices[0].isupper() else result.lower()
-        if normal not in setting.choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(setting.choices)}, got {value!r}")
-        result = normal
-    if setting.minimum is not None and result < setting.minimum:
-        raise ConfigError(f"{where}: must be at least {setting.minimum:g}, got {value!r}")
-    return result
-
-
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[Tuple[str, Any]]:
-    for name, value in table.items():
-        key = prefix + name
-        if isinstance(value, dict):
-            yield from _flatten(value, key + ".")
-        else:
-            yield key, value
-
-
-def _finish(values: Dict[str, Any]) -> Config:
-    # Children beat every second: a shorter wait would kill healthy ones between beats.
-    hang = values["supervisor.hang_s"]
-    if 0 < hang < 2:
-        raise ConfigError(f"supervisor.hang_s: must be 0 (never) or at least 2, got {hang:g}")
-    # A worker sends a snapshot every heartbeat (give or take its 100 ms tick); a window not
-    # well above that reports healthy workers down between two of their snapshots.
-    if values["stats.stale_after_s"] < 2 * values["stats.heartbeat_s"]:
-        raise ConfigError(f"stats.stale_after_s: must be at least twice stats.heartbeat_s "
-                          f"({values['stats.heartbeat_s']:g}), got {values['stats.stale_after_s']:g}")
-    values["data_dir"] = os.path.abspath(values["data_dir"])
-    if not values["run_dir"]:
-        values["run_dir"] = os.path.join(values["data_dir"], "run")
-    values["run_dir"] = os.path.abspath(values["run_dir"])
-    return _build(values)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per setting to ``parser``."""
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
@@ -348,41 +303,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: Optional[argparse.Namespace] = None,
          environ: Optional[Mapping[str, str]] = None) -> Config:
-    """Resolve the configuration from defaults, file, environment and flags."""
+    """Resolve the configuration from defaults, file, environment and flags;
+    ConfigError listing every problem (each naming its key) if any."""
     environ = os.environ if environ is None else environ
     resolved = environ.get(RESOLVED_ENV)
     if resolved:
         return _build(json.loads(resolved))
-
-    values = {s.key: s.default for s in SCHEMA}
-    path = getattr(args, "config", None) or environ.get(CONFIG_ENV)
-    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
-        path = DEFAULT_CONFIG_FILE
-    if path:
-        try:
-            with open(path, "rb") as fh:
-                table = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        for key, value in _flatten(table):
-            found = SETTINGS.get(key)
-            if found is None:
-                raise ConfigError(f"{key} ({path}): unknown setting")
-            values[key] = _coerce(found, value, path)
-
-    for s in SCHEMA:
-        name = env_name(s.key)
-        if name in environ:
-            values[s.key] = _coerce(s, environ[name], name)
-
-    if args is not None:
-        for s in SCHEMA:
-            value = getattr(args, dest_name(s.key), None)
-            if value is not None:
-                values[s.key] = _coerce(s, value, flag_name(s.key))
-    return _finish(values)
+    from .configload import resolve  # the layers, with where each value came from
+    layers = resolve(args, environ)
+    if layers.problems:
+        raise ConfigError(layers.problems)
+    return finish(layers.values)
 
 
 def from_command_line(prog: str, description: str, argv: Optional[Sequence[str]],
@@ -397,10 +328,26 @@ def from_command_line(prog: str, description: str, argv: Optional[Sequence[str]]
     try:
         return args, load(args)
     except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        print_errors(prog, exc)
         raise SystemExit(2) from None
+
+
+def print_errors(prog: str, exc: ConfigError) -> None:
+    """One line per problem on stderr."""
+    for problem in exc.problems:
+        print(f"{prog}: config error: {problem}", file=sys.stderr)
+
+
+def finish(values: Dict[str, Any]) -> Config:
+    """The Config of checked ``values``: paths made absolute, run_dir defaulted."""
+    values = dict(values)
+    values["data_dir"] = os.path.abspath(values["data_dir"])
+    if not values["run_dir"]:
+        values["run_dir"] = os.path.join(values["data_dir"], "run")
+    values["run_dir"] = os.path.abspath(values["run_dir"])
+    return _build(values)
 
 
 def defaults() -> Config:
     """The defaults alone, ignoring files and environment (for tests and docs)."""
-    return _finish({s.key: s.default for s in SCHEMA})
+    return finish({s.key: s.default for s in SCHEMA})

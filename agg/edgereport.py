@@ -3,6 +3,8 @@
 - What it rejected: an edge refuses invalid input before it reaches a
   worker, so no shard counts it. Counts by reason (``invalid_json``,
   ``invalid_event``, ``too_large``, ...).
+- What it took and refused (``count``): the ingest's batches and events
+  acknowledged, and batches refused for overload or unavailability.
 - Its queue depth: the events it has sent to each worker and not yet seen
   acknowledged, so that ``agg-stats --watch`` over ZeroMQ shows the sum of
   every edge's, as ``GET /stats`` does.
@@ -34,6 +36,7 @@ class EdgeReporter:
         self.role = role
         self.interval = config.stats.heartbeat_s
         self.rejected: Dict[str, int] = {}
+        self.counted: Dict[str, int] = {}
         self.inflight = inflight
         self.sent_inflight: List[int] = []
         self.changed = False
@@ -49,9 +52,14 @@ class EdgeReporter:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.changed = True
 
+    def count(self, name: str, n: int = 1) -> None:
+        self.counted[name] = self.counted.get(name, 0) + n
+        self.changed = True
+
     def send(self) -> None:
         self.sent_inflight = self.inflight()
-        snapshot = EdgeSnapshot(os.getpid(), self.role, self.rejected, self.sent_inflight, time.time())
+        snapshot = EdgeSnapshot(os.getpid(), self.role, self.rejected, self.sent_inflight, time.time(),
+                                 self.counted)
         self.pub.send_multipart([self.topic] + protocol.encode(protocol.EDGE, snapshot))
         self.changed = False
 

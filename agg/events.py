@@ -170,58 +170,57 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _timestamp_problem(timestamp: Any) -> Optional[str]:
+    if not isinstance(timestamp, str):
+        return f"must be a string, got {_type_name(timestamp)}"
+    if len(timestamp) > 64:
+        return "must be at most 64 characters"
+    return check_timestamp(timestamp)
+
+
+def _payload_json(payload: Any, limits: Limits) -> Tuple[bytes, Optional[str]]:
+    """The payload as JSON text, or why it cannot be one."""
+    if not isinstance(payload, dict):
+        return b"", f"must be an object, got {_type_name(payload)}"
+    try:
+        payload_json = orjson.dumps(payload)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return b"", f"cannot be encoded as JSON: {exc}"
+    # orjson writes NaN and Infinity (possible in msgpack, not in JSON) as null:
+    # refuse them rather than store something else than was sent.
+    if b"null" in payload_json and _has_non_finite(payload):
+        return b"", "NaN and Infinity are not JSON numbers"
+    if _brackets(payload_json) > MAX_PAYLOAD_DEPTH and _depth(payload) > MAX_PAYLOAD_DEPTH:
+        return b"", f"must be nested at most {MAX_PAYLOAD_DEPTH} levels deep"
+    if len(payload_json) > limits.max_payload_bytes:
+        return b"", f"must be at most {limits.max_payload_bytes} bytes as JSON, got {len(payload_json)}"
+    return payload_json, None
+
+
 def validate_event(event: Any, limits: Limits, index: Optional[int],
                    errors: List[EventError]) -> Optional[Event]:
-    """Validate one event; append its problems to ``errors``; return its wire form."""
+    """Validate one event; append its problems to ``errors``; return its wire form.
+    Every problem is listed: a missing field does not hide a bad one beside it."""
     if not isinstance(event, dict):
         errors.append(EventError(index, None, f"an event must be an object, got {_type_name(event)}"))
         return None
     start = len(errors)
-    for field in FIELDS:
-        if field not in event:
-            errors.append(EventError(index, field, "is required"))
-    if len(errors) > start:
-        return None
-    topic = event["topic"]
-    event_id = event["event_id"]
-    source = event["source"]
-    timestamp = event["timestamp"]
-    payload = event["payload"]
-    for field, value in (("topic", topic), ("event_id", event_id), ("source", source)):
-        problem = _check_string(value, limits.max_field_chars)
+    problems: Dict[str, Optional[str]] = {}
+    for field in ("topic", "event_id", "source"):
+        if field in event:
+            problems[field] = _check_string(event[field], limits.max_field_chars)
+    if "timestamp" in event:
+        problems["timestamp"] = _timestamp_problem(event["timestamp"])
+    payload_json = b""
+    if "payload" in event:
+        payload_json, problems["payload"] = _payload_json(event["payload"], limits)
+    for field in FIELDS:  # in the fields' order, whatever the order of the checks
+        problem = problems.get(field) if field in event else "is required"
         if problem:
             errors.append(EventError(index, field, problem))
-    if not isinstance(timestamp, str):
-        errors.append(EventError(index, "timestamp", f"must be a string, got {_type_name(timestamp)}"))
-    elif len(timestamp) > 64:
-        errors.append(EventError(index, "timestamp", "must be at most 64 characters"))
-    else:
-        problem = check_timestamp(timestamp)
-        if problem:
-            errors.append(EventError(index, "timestamp", problem))
-    payload_json = b""
-    if not isinstance(payload, dict):
-        errors.append(EventError(index, "payload", f"must be an object, got {_type_name(payload)}"))
-    else:
-        try:
-            payload_json = orjson.dumps(payload)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            errors.append(EventError(index, "payload", f"cannot be encoded as JSON: {exc}"))
-        else:
-            # orjson writes NaN and Infinity (possible in msgpack, not in JSON) as null:
-            # refuse them rather than store something else than was sent.
-            if b"null" in payload_json and _has_non_finite(payload):
-                errors.append(EventError(index, "payload", "NaN and Infinity are not JSON numbers"))
-            elif _brackets(payload_json) > MAX_PAYLOAD_DEPTH and _depth(payload) > MAX_PAYLOAD_DEPTH:
-                errors.append(EventError(index, "payload",
-                                         f"must be nested at most {MAX_PAYLOAD_DEPTH} levels deep"))
-            elif len(payload_json) > limits.max_payload_bytes:
-                errors.append(EventError(
-                    index, "payload",
-                    f"must be at most {limits.max_payload_bytes} bytes as JSON, got {len(payload_json)}"))
     if len(errors) > start:
         return None
-    return Event(topic, event_id, timestamp, source, payload_json)
+    return Event(event["topic"], event["event_id"], event["timestamp"], event["source"], payload_json)
 
 
 def validate_batch(items: Sequence[Any], limits: Limits, single: bool = False) -> List[Event]:

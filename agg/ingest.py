@@ -109,7 +109,6 @@ class Ingest:
             ticket.release()
 
     async def take(self, rid: bytes, frames: List[bytes], ticket: Ticket) -> None:
-        req_id: Any = None
         fast = None
         if len(frames) == 3 and frames[0] == protocol.VERSION and frames[1] == protocol.BATCH:
             fast = self.fast.decode(frames[2])
@@ -117,11 +116,18 @@ class Ingest:
             ticket.read(len(fast[1]))
             await self.store(rid, fast[0], fast[1], ticket.size)
             return
+        # Every error answer carries the request id when the body's start holds one,
+        # whatever else is wrong (version, kind, the rest of the body), so it can be matched.
+        req_id: Any = protocol.request_id(bytes(frames[2])) if len(frames) == 3 else None
         try:
             kind, body = protocol.decode(frames)
-            if kind != protocol.BATCH or not isinstance(body, list) or len(body) != 2:
+            if kind != protocol.BATCH:
+                raise protocol.ProtocolError(protocol.ERR_INVALID, (
+                    f"unknown kind '{kind[:16].decode('ascii', 'replace')}': a publisher sends B "
+                    "(frames: agg1, B, msgpack [req_id, [event, ...]])"))
+            if not isinstance(body, list) or len(body) != 2:
                 raise protocol.ProtocolError(protocol.ERR_INVALID,
-                                             "expected a BATCH: [b'agg1', b'B', [req_id, [event, ...]]]")
+                                             "the body must be a msgpack array [req_id, [event, ...]]")
             req_id, items = body
             if not isinstance(items, list):
                 raise protocol.ProtocolError(protocol.ERR_INVALID, "the events must be an array")
@@ -148,10 +154,13 @@ class Ingest:
         except Unavailable as exc:
             await self.reply(rid, self.refusal(req_id, protocol.ERR_UNAVAILABLE, str(exc)))
         else:
+            self.reporter.count("batches")
+            self.reporter.count("events", len(events))
             await self.reply(rid, protocol.encode_ok(req_id, statuses))
 
     def refusal(self, req_id: Any, code: str, reason: str) -> List[bytes]:
         """ERR overload or unavailable: nothing was acknowledged, resend after the pause."""
+        self.reporter.count("refused_" + code)
         return protocol.encode_err(req_id, code, f"{reason}; retry after {self.retry_after} s")
 
     async def serve(self, stop: lifecycle.StopFlag) -> None:
@@ -211,7 +220,7 @@ def run(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = configmod.from_command_line("agg-ingest", "run the agg native ZeroMQ ingest", argv)
-    lifecycle.setup_logging("ingest", config.log_level)
+    lifecycle.setup_logging("ingest", config.log_level, config.log_format)
     return run(config)
 
 

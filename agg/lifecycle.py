@@ -1,11 +1,15 @@
 """What every agg process does the same way: log, stop on a signal, say READY.
 
-- ``setup_logging(role, level)``: one structured line per record on stderr,
-  ``time level role pid message``.
-- ``StopFlag``: SIGTERM (and SIGINT when not supervised) only set a flag that
-  the process's loop checks each tick; a second signal forces the stop.
-  A supervised child ignores SIGINT: Ctrl-C reaches the whole process group,
-  and the supervisor, not each child, decides the order of the stop.
+- ``setup_logging(role, level, fmt)``: one structured line per record on
+  stderr, ``time level role=ROLE pid=PID message`` (``text``), or one JSON
+  object a line with those keys (``json``, for log shippers).
+- ``StopFlag``: SIGTERM and SIGHUP (and SIGINT when not supervised) only set
+  a flag that the process's loop checks each tick; outside a supervisor a
+  second signal forces the stop. A supervised child ignores SIGINT and SIGHUP,
+  and takes a second SIGTERM as the same stop: Ctrl-C, a closed terminal,
+  ``kill -- -PGID``, ``timeout`` and systemd reach the whole process group,
+  and the supervisor, not each child, decides the order of the stop (and
+  SIGKILLs a child after ``supervisor.grace_s``).
 - ``announce_ready(config, role, index, endpoint)``: tell the supervisor, over
   its control socket, that this process has bound its sockets. Outside a
   supervisor (``$AGG_SUPERVISED`` unset) it does nothing.
@@ -19,12 +23,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Dict, Optional, TypeVar
 
 import zmq
 
@@ -53,9 +58,20 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def setup_logging(role: str, level: str = "info") -> logging.Logger:
+class _JsonFormatter(_Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+                "role": self.role, "pid": os.getpid(), "message": record.getMessage()}
+        if record.exc_info and record.levelno >= logging.ERROR:
+            line["traceback"] = self.formatException(record.exc_info)
+        # ensure_ascii: a line stays one line and plain ASCII whatever a message holds.
+        return json.dumps(line)
+
+
+def setup_logging(role: str, level: str = "info", fmt: str = "text") -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(role))
+    handler.setFormatter(_JsonFormatter(role) if fmt == "json" else _Formatter(role))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -95,22 +111,38 @@ def started_at() -> float:
         return time.time()
 
 
+def stop_signals(handler: Callable[[int, Any], None]) -> Dict[int, Any]:
+    """Route the signals that stop a process to ``handler``; return the previous
+    handlers. Supervised, SIGINT and SIGHUP are ignored: they come from a
+    terminal to the whole group, and the supervisor orders the stop."""
+    mine = (signal.SIGTERM,) if supervised() else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous: Dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        previous[signum] = signal.signal(signum, handler if signum in mine else signal.SIG_IGN)
+    return previous
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
 class StopFlag:
-    """Set by SIGTERM/SIGINT; a second signal exits at once with status 1."""
+    """Set by SIGTERM/SIGHUP/SIGINT (see ``stop_signals``); outside a supervisor
+    a second signal exits at once with status 1. ``signum`` is the first signal."""
 
     def __init__(self) -> None:
         self.stop = False
+        self.signum = 0
         die_with_supervisor()
-        signal.signal(signal.SIGTERM, self._handle)
-        if supervised():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        else:
-            signal.signal(signal.SIGINT, self._handle)
+        stop_signals(self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.stop:
+            if supervised():
+                return  # the group's SIGTERM, then the supervisor's: one stop
             os._exit(1)
         self.stop = True
+        self.signum = signum
 
     def __bool__(self) -> bool:
         return self.stop

@@ -96,6 +96,13 @@ def spec(config: Any) -> Dict[str, Any]:
                 "summary": "healthy when every worker is up and writing",
                 "responses": {"200": _json({"type": "object"}, "Healthy"),
                               "503": _json({"type": "object"}, "What is missing or failing")}}},
+            "/livez": {"get": {
+                "summary": "liveness: the front process answers (asks nothing of the others)",
+                "responses": {"200": _json({"type": "object"}, "Alive")}}},
+            "/readyz": {"get": {
+                "summary": "readiness: the same answer as /health (every worker up and writing)",
+                "responses": {"200": _json({"type": "object"}, "Ready"),
+                              "503": _json({"type": "object"}, "What is missing or failing")}}},
             "/metrics": {"get": {
                 "summary": "Prometheus text exposition",
                 "responses": {"200": {"description": "Metrics",

@@ -23,6 +23,9 @@ Requests (publisher -> ingest, front/ingest -> worker or stats)::
     QUERY   b"Q"  [req_id, Query]                     Query = {"topic", "after": {partition: seq},
                                                        "limit"}
     STATS   b"S"  [req_id, {}]                        (to the stats process)
+    CTL     b"O"  [req_id, CtlCommand]                (``agg ctl`` to the supervisor's
+                                                       endpoints.ctl; answered OK with a
+                                                       CtlAnswer, or ERR)
 
 Replies::
 
@@ -60,6 +63,7 @@ BATCH = b"B"
 STORE = b"W"
 QUERY = b"Q"
 STATS = b"S"
+CTL = b"O"
 OK = b"K"
 ERR = b"E"
 BUSY = b"U"
@@ -179,6 +183,9 @@ class EdgeSnapshot(msgspec.Struct, gc=False):
     rejected: Dict[str, int]
     inflight: List[int]
     time: float
+    # What the edge took and refused since it started, by name (the ingest's
+    # "batches", "events", "refused_overload", "refused_unavailable"); absent from older edges.
+    counted: Dict[str, int] = {}
 
 
 class SupervisorSnapshot(msgspec.Struct, gc=False):
@@ -186,6 +193,29 @@ class SupervisorSnapshot(msgspec.Struct, gc=False):
     time: float
     restarts: Dict[str, int]
     down: List[str] = []
+
+
+class CtlCommand(msgspec.Struct, gc=False):
+    """``agg ctl``'s request: ``status``, ``restart`` (of ``child``) or ``stop``."""
+
+    command: str
+    child: str = ""
+
+
+class ChildStatus(msgspec.Struct, gc=False):
+    """One child as the supervisor sees it; state is up, starting, restarting or down."""
+
+    name: str
+    pid: Optional[int]
+    uptime: float
+    restarts: int
+    state: str
+
+
+class CtlAnswer(msgspec.Struct, gc=False):
+    message: str
+    pid: int  # the supervisor's
+    children: List[ChildStatus] = []
 
 
 class Ready(msgspec.Struct, gc=False):
@@ -251,10 +281,16 @@ def split_head(body: bytes) -> Tuple[Any, msgspec.Raw]:
 
 
 def request_id(body: bytes) -> Any:
-    """The request id of a ``[req_id, ...]`` body, or None if it has none."""
+    """The request id of a ``[req_id, ...]`` body, or None if it has none. Read
+    from the body's start alone, so that an error about a body cut short or not
+    of the right shape still carries the id its sender can match."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(body), 1))
     try:
-        return split_head(body)[0]
-    except ProtocolError:
+        unpacker.feed(body)
+        if unpacker.read_array_header() < 1:
+            return None
+        return unpacker.unpack()
+    except Exception:  # msgpack raises several unrelated types; no id then
         return None
 
 
@@ -299,4 +335,4 @@ def split_reply(kind: bytes, body: Any) -> Tuple[Any, bool, Any]:
         return body[0], True, body[1]
     if kind == ERR and isinstance(body, list) and len(body) == 4:
         return body[0], False, (body[1], body[2], body[3])
-    raise ProtocolError(ERR_INVALID, f"not a reply: kind {kind!r}")
+    raise ProtocolError(ERR_INVALID, f"not a reply: kind '{kind.decode('ascii', 'replace')}'")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import zmq
 
@@ -28,9 +28,13 @@ from . import config as configmod
 from . import lifecycle, protocol
 from .config import Config
 from .protocol import Counts, EdgeSnapshot, PartitionCounts, SupervisorSnapshot, WorkerSnapshot
+from .rundirs import make_ipc_dirs
 from .sockets import drain
 
 log = logging.getLogger("agg.stats")
+
+
+INGEST_COUNTS = ("batches", "events", "refused_overload", "refused_unavailable")
 
 
 class WorkerSeen(NamedTuple):
@@ -64,6 +68,8 @@ class Totals:
         # edge -> its events in flight; counted while fresh only: what a dead edge had in
         # flight is no longer queued anywhere.
         self.inflight: Dict[str, EdgeSeen] = {}
+        # edge -> (its role, what it counted); kept after it restarts, like its rejects
+        self.counted: Dict[str, Tuple[str, Dict[str, int]]] = {}
         self.restarts: Dict[str, int] = {}
         self.down: Set[str] = set()  # children the supervisor reports dead or not READY
 
@@ -82,6 +88,8 @@ class Totals:
             name = f"{edge.role}.{edge.pid}"
             self.rejected[name] = edge.rejected
             self.inflight[name] = EdgeSeen(now, edge.inflight)
+            if edge.counted:
+                self.counted[name] = (edge.role, edge.counted)
         elif kind == protocol.SUPER and topic == protocol.TOPIC_SUPER:
             supervisor = protocol.unpack_as(body, SupervisorSnapshot)
             self.restarts = supervisor.restarts
@@ -114,7 +122,17 @@ class Totals:
             "restarts": self.restarts,
             "inflight_events": inflight,
             "uptime": round(time.time() - self.started, 3),
+            "ingest": self.edge_counts("ingest", INGEST_COUNTS),
         }
+
+    def edge_counts(self, role: str, names: Sequence[str]) -> Dict[str, int]:
+        """What every edge of ``role``, past and present, counted: the sum by name."""
+        out = dict.fromkeys(names, 0)
+        for edge_role, counted in self.counted.values():
+            if edge_role == role:
+                for name, n in counted.items():
+                    out[name] = out.get(name, 0) + n
+        return out
 
     def worker(self, index: int, now: float) -> Dict[str, Any]:
         """What /stats and /health say of worker ``index``."""
@@ -189,7 +207,13 @@ class StatsServer:
 
 def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
-    server = StatsServer(config)
+    make_ipc_dirs(config.bind_endpoint("stats_in"), config.bind_endpoint("stats"))
+    try:
+        server = StatsServer(config)
+    except zmq.ZMQError as exc:
+        log.error("cannot bind %s and %s: %s", config.bind_endpoint("stats_in"),
+                  config.bind_endpoint("stats"), exc)
+        return 1
     log.info("bound %s and %s", config.endpoint("stats_in"), config.endpoint("stats"))
     lifecycle.announce_ready(config, "stats", 0, config.endpoint("stats"), server.ctx)
     try:
@@ -202,7 +226,7 @@ def run(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = configmod.from_command_line("agg-stats-server", "run the agg stats process", argv)
-    lifecycle.setup_logging("stats", config.log_level)
+    lifecycle.setup_logging("stats", config.log_level, config.log_format)
     return run(config)
 
 

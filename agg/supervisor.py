@@ -1,15 +1,18 @@
 """Supervisor (``agg run``): starts every process, restarts the dead, stops all in order.
 
 Binds:     PULL at ``endpoints.control``, where children send READY, then an
-           ALIVE about every second from their loops.
+           ALIVE about every second from their loops; ROUTER at ``endpoints.ctl``
+           for ``agg ctl`` (``agg.ctlserver``: status, restart a child, stop).
 Connects:  PUB to ``endpoints.stats_in`` for its restart counts (``ctr.supervisor``).
 Owns:      the child processes, ``DATA_DIR/agg-meta.json`` (via ``ensure_data_dir``),
            the lock ``RUN_DIR/agg.lock`` (one agg per data directory), and
            ``RUN_DIR/endpoints.json``, written once everything is READY.
-Stops:     on SIGINT/SIGTERM: children in reverse start order (front and ingest
-           first, so nothing new arrives; then the workers, which commit and
-           answer what they hold; then stats), each with SIGTERM, then SIGKILL
-           after ``supervisor.grace_s``. A second signal kills at once.
+Stops:     on SIGINT, SIGTERM or SIGHUP (logged; SIGHUP reloads nothing, the
+           settings of a running system being fixed), or ``agg ctl stop``:
+           children in reverse start order (front and ingest first, so nothing
+           new arrives; then the workers, which commit and answer what they
+           hold; then stats), each with SIGTERM, then SIGKILL after
+           ``supervisor.grace_s``. A second signal kills at once.
 
 Start order: stats, workers, then front and ingest; each stage waits for the
 READY of its processes, never for a sleep. A child that dies after it has run
@@ -24,73 +27,33 @@ for ``supervisor.hang_s`` (stopped, deadlocked) is killed, and so restarted.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
-from typing import IO, Any, Deque, Dict, List, Optional
+from typing import List, Optional
 
 import zmq
 
 from . import config as configmod
 from . import lifecycle, protocol
 from .config import Config
-from .partition import PartitionMismatch, ensure_data_dir
-from .protocol import Alive, Ready, SupervisorSnapshot
+from .child import BACKOFF_MAX, BACKOFF_START, Child
+from .ctlserver import ControlServer, CtlRefused
+from .protocol import Alive, ChildStatus, Ready, SupervisorSnapshot
+from .rundirs import lock_run_dir, prepare_dirs
 from .sockets import drain
-from .storage.lock import Locked, hold_lock
 
 log = logging.getLogger("agg.supervisor")
 
 ENDPOINTS_FILE = "endpoints.json"
-LOCK_FILE = "agg.lock"
-BACKOFF_START = 0.1
-BACKOFF_MAX = 5.0
 STARTED_AFTER = 1.0  # READY this long: a death is a crash of a working child, not a failed start
 
 
 class StartupFailed(Exception):
     pass
-
-
-class Child:
-    def __init__(self, name: str, role: str, index: int, module: str, args: List[str]) -> None:
-        self.name = name
-        self.role = role
-        self.index = index
-        self.command = [sys.executable, "-m", module] + args
-        self.proc: Optional[subprocess.Popen] = None
-        self.ready = False
-        self.ready_at = 0.0  # monotonic time of its READY
-        self.endpoint: Optional[str] = None
-        self.started_at = 0.0
-        self.last_beat = 0.0  # monotonic time of its last READY or ALIVE
-        self.deaths: Deque[float] = collections.deque()
-        self.restarts = 0
-        self.backoff = BACKOFF_START
-        self.restart_at: Optional[float] = None
-        # Settings this child keeps across restarts (the port an edge first bound).
-        self.sticky: Dict[str, Any] = {}
-
-    def start(self, env: Dict[str, str], config: Config) -> None:
-        self.ready = False
-        self.restart_at = None
-        self.started_at = time.monotonic()
-        if self.sticky:
-            env = dict(env, **{configmod.RESOLVED_ENV: config.replace(self.sticky).to_json()})
-        self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL)
-        log.info("started %s pid=%d", self.name, self.proc.pid)
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 class Supervisor:
@@ -132,6 +95,8 @@ class Supervisor:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.wakeup, zmq.POLLIN)
+        self.ctl = ControlServer(self.ctx, config.endpoint("ctl"), self)
+        self.poller.register(self.ctl.sock, zmq.POLLIN)
 
     # -- READY ----------------------------------------------------------------------------
 
@@ -145,6 +110,8 @@ class Supervisor:
                         break
                 except BlockingIOError:
                     break
+        if self.ctl.sock in ready:
+            self.ctl.answer_pending()
         if self.control not in ready:
             return
         for frames in drain(self.control):
@@ -221,6 +188,29 @@ class Supervisor:
             json.dump(info, fh, indent=2)
         os.replace(path + ".tmp", path)
 
+    # -- agg ctl (see agg.ctlserver) -------------------------------------------------------
+
+    def statuses(self) -> List[ChildStatus]:
+        now = time.monotonic()
+        return [c.status(now) for c in self.children]
+
+    def restart(self, name: str) -> str:
+        child = next((c for c in self.children if c.name == name), None)
+        if child is None:
+            raise CtlRefused(f"no child named '{name}'; agg runs "
+                             + ", ".join(c.name for c in self.children))
+        if not self.started or not child.alive() or child.stop_by is not None:
+            raise CtlRefused(f"{name} is not running now; see agg ctl status")
+        log.info("agg ctl: restarting %s (pid %s)", name, child.pid)
+        child.stop_by = time.monotonic() + self.config.supervisor.grace_s
+        child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        return f"restarting {name} (pid {child.pid})"
+
+    def request_stop(self) -> str:
+        log.info("agg ctl: stop requested")
+        self.stop.stop = True
+        return f"stopping agg (pid {os.getpid()})"
+
     # -- watching -------------------------------------------------------------------------
 
     def publish_restarts(self, force: bool = False) -> None:
@@ -237,6 +227,8 @@ class Supervisor:
         """Restart dead children until a signal; return the exit status."""
         while not self.stop:
             self.read_control(100)
+            if self.stop:
+                break  # children that die now are stopping with us, not crashing
             now = time.monotonic()
             for child in self.children:
                 if child.restart_at is not None:
@@ -248,7 +240,10 @@ class Supervisor:
                 if child.alive():
                     self.kill_if_hung(child, now)
                     continue
-                if not self.schedule_restart(child, now):
+                if child.stop_by is not None:
+                    log.info("%s stopped as agg ctl asked; starting it again", child.name)
+                    child.restart_at = now  # asked for: no backoff, no count against flapping
+                elif not self.schedule_restart(child, now):
                     return 1
                 if child.restart_at is not None and child.restart_at <= now:
                     child.restarts += 1
@@ -283,6 +278,11 @@ class Supervisor:
         """SIGKILL a READY child whose loop has not turned for supervisor.hang_s
         (stopped, deadlocked, stuck in a syscall): the next turn of ``watch``
         finds it dead and restarts it, as after any crash."""
+        if child.stop_by is not None and now > child.stop_by and child.proc is not None:
+            log.warning("%s (pid %s) did not stop within %g s of agg ctl restart; killing it",
+                        child.name, child.pid, self.config.supervisor.grace_s)
+            child.proc.kill()
+            return
         hang = self.config.supervisor.hang_s
         if hang and child.ready and child.proc is not None and now - child.last_beat > hang:
             log.error("%s (pid %s) has sent no sign of life for %.0f s; killing it",
@@ -321,6 +321,7 @@ class Supervisor:
         os.close(self.wakeup)
         os.close(self.wakeup_w)
         self.control.close()
+        self.ctl.close()
         self.pub.close()
         self.ctx.term()
         try:
@@ -329,27 +330,17 @@ class Supervisor:
             pass
 
 
-def lock_run_dir(run_dir: str) -> Optional[IO[str]]:
-    """Hold ``RUN_DIR/agg.lock`` for the supervisor's life (one agg per data
-    directory); None if another agg holds it."""
-    try:
-        return hold_lock(os.path.join(run_dir, LOCK_FILE))
-    except Locked:
-        return None
-
-
 def run(config: Config) -> int:
     stop = lifecycle.StopFlag()
+    problem = prepare_dirs(config)
+    if problem:
+        log.error("%s", problem)
+        return 2
     try:
-        ensure_data_dir(config.data_dir, config.partitions)
-        os.makedirs(config.run_dir, exist_ok=True)
-    except PartitionMismatch as exc:
-        log.error("%s", exc)
-        return 2
+        lock = lock_run_dir(config.run_dir)
     except OSError as exc:
-        log.error("data_dir: cannot create %s: %s", config.data_dir, exc.strerror)
+        log.error("run_dir: cannot lock %s: %s", config.run_dir, exc.strerror)
         return 2
-    lock = lock_run_dir(config.run_dir)
     if lock is None:
         log.error("run_dir: another agg is already running on %s", config.run_dir)
         return 2
@@ -370,7 +361,10 @@ def run(config: Config) -> int:
         log.error("start-up failed: %s", exc)
         status = 1
     finally:
-        log.info("stopping")
+        if stop.signum:
+            log.info("%s: stopping every process", lifecycle.signal_name(stop.signum))
+        else:
+            log.info("stopping")
         if not supervisor.stop_all():
             status = status or 1
         supervisor.close()

@@ -43,9 +43,11 @@ from .intake import Ask, Intake, Refusal, Store
 from .ledger import Ledger
 from .partition import PartitionMismatch, ensure_data_dir, partitions_of_worker, shard_path
 from .protocol import StoredRow, WorkerSnapshot, processing_order
+from .rundirs import make_ipc_dirs, prepare_dirs
 from .sockets import drain
 from .storage import Shard, StorageError
 from .storage.background import Background
+from .storage.flush import Flusher
 
 log = logging.getLogger("agg.worker")
 
@@ -89,6 +91,8 @@ class Worker:
         # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
         self.heartbeat = lifecycle.Heartbeat(config)
         self.shards = self.open_shards()
+        # Set when a WAL flush failed: the worker stops, to be started again (see commit_group).
+        self.flush_failed: Optional[str] = None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
         self.intake = Intake(index, self.partitions, config.partitions, config.limits.max_events_page)
         self.ctx = zmq.Context()
@@ -108,6 +112,7 @@ class Worker:
         self.peers: Dict[bytes, float] = {}
         self.busy_every = config.limits.stall_s / 4
         self.last_busy = 0.0
+        self.flusher = Flusher(len(self.shards), self.still_busy, self.busy_every)
 
     def open_shards(self) -> Dict[int, Shard]:
         storage = self.config.storage
@@ -185,6 +190,7 @@ class Worker:
             except StorageError as exc:
                 log.error("commit to shard %d failed: %s", p, exc)
                 failed[p] = str(exc)
+        self.flush(done, failed)
         self.note_commits(done, failed)
         self.maybe_publish()
         for i, store in enumerate(live):
@@ -193,6 +199,21 @@ class Worker:
                 self.send(store.rid, protocol.encode_ok(store.req_id, ledger.statuses_of(i, done)))
             else:
                 self.send(store.rid, protocol.encode_err(store.req_id, protocol.ERR_INTERNAL, reason))
+
+    def flush(self, done: Dict[int, bytes], failed: Dict[int, str]) -> None:
+        """Make the group's commits durable before any answer (``storage.synchronous``
+        GROUP; see ``agg.storage.flush``). A shard whose flush failed is answered
+        as failed. Linux may drop the pages an fsync could not write and mark them
+        clean, so what this process has in memory of that shard may be ahead of
+        the disk: the worker stops after this group and the supervisor starts it
+        again, to read the shard from its file (PostgreSQL does the same)."""
+        wals = {p: self.shards[p].wal for p in done}
+        unflushed = self.flusher.flush({p: wal for p, wal in wals.items() if wal is not None})
+        for p, reason in unflushed.items():
+            log.critical("storage error in partition %d: %s; restarting this worker", p, reason)
+            del done[p]
+            failed[p] = f"storage error in partition {p}: {reason}"
+            self.flush_failed = reason
 
     def note_commits(self, done: Dict[int, bytes], failed: Dict[int, str]) -> None:
         """Keep track of which shards fail; stats (and /health) hear of a change at once."""
@@ -267,7 +288,7 @@ class Worker:
         stats = self.config.stats
         interval = stats.publish_interval_s or 0.1
         tick_ms = max(1, int(min(0.1, stats.heartbeat_s, interval) * 1000))
-        while not stop:
+        while not stop and self.flush_failed is None:
             self.heartbeat.beat()
             if poller.poll(tick_ms):
                 self.drain()
@@ -296,6 +317,7 @@ class Worker:
 
     def close(self) -> None:
         self.background.stop()  # its last jobs may be index saves: before the shards close
+        self.flusher.close()
         for shard in self.shards.values():
             shard.close()
         self.router.close()
@@ -320,6 +342,11 @@ def return_big_blocks_to_the_os() -> None:
 def run(config: configmod.Config, index: int) -> int:
     stop = lifecycle.StopFlag()
     return_big_blocks_to_the_os()
+    problem = prepare_dirs(config)  # under agg run, done already: then a quick check
+    if problem:
+        log.error("%s", problem)
+        return 2
+    make_ipc_dirs(config.bind_endpoint("worker", index))
     try:
         worker = Worker(config, index)
     except StorageError as exc:
@@ -331,12 +358,17 @@ def run(config: configmod.Config, index: int) -> int:
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", config.endpoint("worker", index), exc)
         return 1
+    except OSError as exc:  # a data directory it cannot write (a root-owned volume, read-only)
+        log.error("data_dir: %s: %s", exc.filename or config.data_dir, exc.strerror or exc)
+        return 2
     log.info("bound %s, owns partitions %s", worker.endpoint, worker.partitions)
     lifecycle.announce_ready(config, "worker", index, worker.endpoint, worker.ctx)
     try:
         worker.serve(stop)
     finally:
         worker.close()
+    if worker.flush_failed is not None:
+        return 1  # to be started again, and read its shards from their files
     log.info("stopped")
     return 0
 
@@ -345,7 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, config = configmod.from_command_line(
         "agg-worker", "run one agg dedup worker", argv,
         lambda parser: parser.add_argument("--index", type=int, default=0, help="worker index, from 0"))
-    lifecycle.setup_logging(f"worker.{args.index}", config.log_level)
+    lifecycle.setup_logging(f"worker.{args.index}", config.log_level, config.log_format)
     if not 0 <= args.index < config.workers:
         log.error("--index %d is outside 0..%d", args.index, config.workers - 1)
         return 2

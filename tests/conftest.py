@@ -167,10 +167,10 @@ def ledger() -> "Ledger":
 class AggSystem:
     """One ``agg run`` supervisor and its children, started for a test."""
 
-    def __init__(self, base: str, data_dir: Optional[str] = None, env: Optional[Dict[str, str]] = None,
-                 **settings: Any) -> None:
+    def __init__(self, base: str, data_dir: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None, **settings: Any) -> None:
         self.base = base
-        self.extra_env = dict(env or {})
+        self.extra_env = dict(env or {})  # e.g. PYTHONPATH to a test's sitecustomize
         self.data_dir = data_dir or os.path.join(base, "data")
         self.run_dir = os.path.join(base, "run")
         self.settings = {"http-port": 0, "ingest-endpoint": "tcp://127.0.0.1:0",

@@ -28,17 +28,32 @@ def test_the_workload_is_deterministic_with_resends_and_varied_timestamps() -> N
 def test_agg_bench_runs_every_path_and_counts_every_event(tmp_path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "agg.tools.bench", "--events", "3000", "--single-events", "300",
-         "--batch-size", "500", "--time-limit", "120", "--dir", str(tmp_path), "--json"],
+         "--batch-size", "500", "--time-limit", "120", "--dir", str(tmp_path), "--json",
+         "--ack-requests", "30", "--seed-events", "100", "--overload-s", "2"],
         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["fsync"]["p50_ms"] > 0 and 0 < report["seed_demo_s"] < 60
     paths = {row["path"]: row for row in report["paths"]}
-    assert set(paths) == {"http-single", "http-batch", "zmq-batch"}
+    assert set(paths) == {"http-single", "bare-single", "http-batch", "zmq-batch"}
     for name, row in paths.items():
-        assert row["full"]["events"] == (300 if name == "http-single" else 3000)
+        assert row["full"]["events"] == (300 if name.endswith("-single") else 3000)
         assert row["full"]["events_per_s"] > 0 and row["full"]["p99_ms"] >= row["full"]["p50_ms"]
         assert row["half_load"]["events_per_s"] > 0
+        if name == "bare-single":
+            assert set(row["peak_rss_mib"]) == {"bare"} and row["restart_after_kill_s"] is None
+            continue
         assert row["restart_after_kill_s"] > 0
         assert {"worker.0", "worker.1", "front", "ingest", "stats"} <= set(row["peak_rss_mib"])
+    # A lone publisher, on agg and on the bare app, and the ratios that compare across days.
+    lone = report["lone"]
+    assert lone["ack_agg"]["requests"] == lone["ack_bare"]["requests"] == 30
+    assert lone["seed_publisher_agg_s"] > 0.1 and lone["seed_publisher_bare_s"] > 0.1  # 100 sleeps of 1 ms
+    assert all(value is not None and value > 0 for value in report["ratios"].values()), report["ratios"]
+    # Overload, both transports: every request answered, none lost, refusals carry Retry-After.
+    assert [row["transport"] for row in report["overload"]] == ["http", "zmq"]
+    for row in report["overload"]:
+        assert row["acknowledged"] + row["refused"] == row["requests"], row
+        assert row["lost"] == 0 and row["refused_without_retry_after"] == 0, row
+        assert row["stats_unique"] >= row["acked_stored"], row  # a request failed late may be stored
     assert os.listdir(tmp_path) == []  # every temporary data directory removed

@@ -54,7 +54,7 @@ def test_data_dir_and_run_dir_are_absolute(tmp_path) -> None:
 @pytest.mark.parametrize("argv, env, words", [
     (["--http-port", "eighty"], {}, ["http.port", "--http-port", "expected int"]),
     ([], {"AGG_WORKERS": "0"}, ["workers", "AGG_WORKERS", "at least 1"]),
-    ([], {"AGG_STORAGE_SYNCHRONOUS": "sometimes"}, ["storage.synchronous", "FULL"]),
+    ([], {"AGG_STORAGE_SYNCHRONOUS": "sometimes"}, ["storage.synchronous", "GROUP"]),
     ([], {"AGG_HTTP_ENABLED": "maybe"}, ["http.enabled", "expected bool"]),
     ([], {"AGG_STATS_STALE_AFTER_S": "0.5"}, ["stats.stale_after_s", "stats.heartbeat_s", "0.5"]),
 ])
@@ -83,3 +83,56 @@ def test_agg_run_prints_one_line_for_a_bad_config(tmp_path) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "http.port" in lines[0] and "Traceback" not in out.stderr
+
+
+def agg_config(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "agg", "config", *args], capture_output=True,
+                          text=True, env=environ, timeout=30, cwd=cwd)
+
+
+def test_config_show_says_where_each_value_came_from(tmp_path) -> None:
+    toml = tmp_path / "agg.toml"
+    toml.write_text('workers = 3\n[http]\nport = 9000\n')
+    out = agg_config("show", "--config", str(toml), "--partitions", "4",
+                     env={"AGG_HTTP_PORT": "9100", "AGG_HTTP_READ_TOKEN": "s3cr3t-token"}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "\nworkers = 3  # file " + str(toml) + "\n" in text
+    assert "\nport = 9100  # env AGG_HTTP_PORT\n" in text
+    assert "\npartitions = 4  # flag --partitions\n" in text
+    assert '\nhost = "127.0.0.1"  # default\n' in text
+    assert "s3cr3t-token" not in text and '\nread_token = "********"  # env AGG_HTTP_READ_TOKEN\n' in text
+    # What it prints is a configuration file that gives the same configuration.
+    shown = tmp_path / "shown.toml"
+    shown.write_text(text)
+    again = parse(["--config", str(shown)])
+    want = parse(["--config", str(toml), "--partitions", "4", "--data-dir", str(tmp_path / "data")],
+                 {"AGG_HTTP_PORT": "9100"})
+    assert again.replace({"http.read_token": ""}) == want
+    assert text.count("  # ") == len(configmod.SCHEMA)
+
+
+def test_config_check_lists_every_problem_one_line_each(tmp_path) -> None:
+    assert agg_config("check", cwd=tmp_path).stdout == "ok\n"
+    toml = tmp_path / "bad.toml"
+    toml.write_text('[http]\nport = "x"\nprot = 1\n')
+    out = agg_config("check", "--config", str(toml), "--stats-heartbeat-s", "5",
+                     env={"AGG_PARTITIONS": "zero", "AGG_SUPERVISOR_HANG_S": "1"}, cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert lines == [
+        f"agg: config error: http.port ({toml}): expected int, got 'x'",
+        f"agg: config error: http.prot ({toml}): unknown setting",
+        "agg: config error: partitions (AGG_PARTITIONS): expected int, got 'zero'",
+        "agg: config error: supervisor.hang_s: must be 0 (never) or at least 2, got 1",
+        "agg: config error: stats.stale_after_s: must be at least twice stats.heartbeat_s (5), got 3",
+    ]
+
+
+def test_load_raises_every_problem_at_once() -> None:
+    with pytest.raises(configmod.ConfigError) as caught:
+        parse(["--http-port", "eighty", "--workers", "0"], {"AGG_LOG_LEVEL": "loud"})
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == [
+        "http.port (--http-port)", "log_level (AGG_LOG_LEVEL)", "workers (--workers)"]

@@ -174,6 +174,17 @@ def test_msgpack_values_without_a_json_form_are_refused_on_both_paths() -> None:
         assert [(e.index, e.field) for e in refused.value.errors] == [(1, "payload")]
 
 
+def test_a_missing_field_does_not_hide_the_type_errors_beside_it() -> None:
+    with pytest.raises(InvalidEvents) as caught:
+        validate_batch([{"topic": 5, "timestamp": "yesterday", "payload": [1]}], LIMITS)
+    assert [(e.index, e.field) for e in caught.value.errors] == [
+        (0, "topic"), (0, "event_id"), (0, "timestamp"), (0, "source"), (0, "payload")]
+    reasons = {e.field: e.reason for e in caught.value.errors}
+    assert reasons["topic"] == "must be a string, got number"
+    assert reasons["event_id"] == reasons["source"] == "is required"
+    assert "ISO 8601" in reasons["timestamp"] and "object" in reasons["payload"]
+
+
 # -- both paths follow the README's rules (an oracle apart from agg.events) -----------------
 
 from eventrules import Rules  # noqa: E402

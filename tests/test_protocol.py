@@ -27,8 +27,12 @@ def test_structs_encode_as_the_lists_and_maps_they_name() -> None:
     assert protocol.pack(WorkerSnapshot(1, 42, [1, 3], None, 2.5, {1: counts})) == old(
         {"worker": 1, "pid": 42, "owns": [1, 3], "storage_error": None, "time": 2.5,
          "partitions": {1: [3, 2, 1, {"t": [3, 2, 1]}]}})
-    assert protocol.pack(EdgeSnapshot(42, "front", {"too_large": 1}, [0, 5], 2.5)) == old(
-        {"pid": 42, "role": "front", "rejected": {"too_large": 1}, "inflight": [0, 5], "time": 2.5})
+    assert protocol.pack(EdgeSnapshot(42, "ingest", {"too_large": 1}, [0, 5], 2.5, {"batches": 2})) == old(
+        {"pid": 42, "role": "ingest", "rejected": {"too_large": 1}, "inflight": [0, 5], "time": 2.5,
+         "counted": {"batches": 2}})
+    # An edge from before "counted" still reads.
+    assert protocol.unpack_as(old({"pid": 42, "role": "front", "rejected": {}, "inflight": [0], "time": 2.5}),
+                              EdgeSnapshot) == EdgeSnapshot(42, "front", {}, [0], 2.5, {})
     assert protocol.pack(SupervisorSnapshot(42, 2.5, {"front": 1}, ["worker.0"])) == old(
         {"pid": 42, "time": 2.5, "restarts": {"front": 1}, "down": ["worker.0"]})
     assert protocol.pack(Ready("worker", 1, 42, "ipc://w1")) == old(

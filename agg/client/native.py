@@ -12,7 +12,7 @@ import zmq.asyncio
 
 from .. import protocol
 from ..sockets import adrain, drain
-from .session import PublishResult, Settings, Session
+from .session import Interrupted, PublishResult, Settings, Session
 
 # How long a native publisher waits for its connection before the first try (with
 # IMMEDIATE, a send before it is up fails, and would be retried after a backoff).
@@ -72,7 +72,7 @@ class _Native:
             out.append((req_id, protocol.encode(protocol.BATCH, [req_id, batch.events])))
 
     def _unsent(self, session: Session, req_id: int, now: float) -> None:
-        session.lost(req_id, f"not connected to agg at {self.endpoint}", now)
+        session.lost(req_id, f"no answer from {self.endpoint} yet (not connected)", now)
 
     def close(self) -> None:
         self.sock.close()
@@ -82,10 +82,19 @@ class Publisher(_Native):
     """Blocking publisher: ``Publisher(endpoint).publish(events) -> PublishResult``."""
 
     def publish(self, events: Iterable[Dict[str, Any]], on_ack: Optional[Callable[[int], None]] = None,
-                time_limit: Optional[float] = None) -> PublishResult:
+                time_limit: Optional[float] = None,
+                on_trouble: Optional[Callable[[str], None]] = None) -> PublishResult:
         """Send every event; return once each is acknowledged, rejected or given up on.
-        ``on_ack(n)`` is called as each batch of ``n`` events is acknowledged."""
-        session = Session(self.settings, list(events), on_ack, time_limit)
+        ``on_ack(n)`` is called as each batch of ``n`` events is acknowledged,
+        ``on_trouble(reason)`` as a try fails. Ctrl-C raises ``Interrupted``, which
+        holds what was acknowledged until then."""
+        session = Session(self.settings, list(events), on_ack, time_limit, on_trouble)
+        try:
+            return self._run(session)
+        except KeyboardInterrupt:
+            raise Interrupted(session.interrupt()) from None
+
+    def _run(self, session: Session) -> PublishResult:
         self.sock.poll(CONNECT_WAIT_MS, zmq.POLLOUT)  # a first try before the connection is up fails
         while not session.done:
             now = time.monotonic()
@@ -114,9 +123,10 @@ class AsyncPublisher(_Native):
         return context or zmq.asyncio.Context.instance()
 
     async def publish(self, events: Iterable[Dict[str, Any]], on_ack: Optional[Callable[[int], None]] = None,
-                      time_limit: Optional[float] = None) -> PublishResult:
+                      time_limit: Optional[float] = None,
+                      on_trouble: Optional[Callable[[str], None]] = None) -> PublishResult:
         """As ``Publisher.publish``, without blocking the event loop."""
-        session = Session(self.settings, list(events), on_ack, time_limit)
+        session = Session(self.settings, list(events), on_ack, time_limit, on_trouble)
         await self.sock.poll(CONNECT_WAIT_MS, zmq.POLLOUT)  # a first try before the connection is up fails
         while not session.done:
             now = time.monotonic()

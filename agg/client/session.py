@@ -23,6 +23,7 @@ def backoff(tries: int, longest: float) -> float:
     pause: float = min(longest, FIRST_BACKOFF * 2 ** min(tries - 1, 30))
     return pause * random.uniform(0.5, 1.0)
 
+
 @dataclasses.dataclass
 class PublishResult:
     """What agg acknowledged of a run of events (the same for HTTP and ZeroMQ)."""
@@ -59,8 +60,24 @@ class PublishResult:
             f"retries           {self.retries}",
             f"elapsed           {self.elapsed:.3f} s ({self.rate():,.0f} events/s)",
         ]
-        lines += [f"error: {e}" for e in self.errors[:5]]
+        lines += [f"error: {e}" for e in distinct(self.errors)[:5]]
         return "\n".join(lines)
+
+
+def distinct(errors: Sequence[str]) -> List[str]:
+    """Each error once, in order of first appearance, with how often it came."""
+    counts: Dict[str, int] = {}
+    for error in errors:
+        counts[error] = counts.get(error, 0) + 1
+    return [e if n == 1 else f"{e} (x{n})" for e, n in counts.items()]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``publish``, with what was acknowledged until then."""
+
+    def __init__(self, result: PublishResult) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
 @dataclasses.dataclass
@@ -92,7 +109,8 @@ class Session:
     transports drive one."""
 
     def __init__(self, settings: Settings, events: Sequence[Dict[str, Any]],
-                 on_ack: Optional[Callable[[int], None]], time_limit: Optional[float]) -> None:
+                 on_ack: Optional[Callable[[int], None]], time_limit: Optional[float],
+                 on_trouble: Optional[Callable[[str], None]] = None) -> None:
         size = settings.batch_size
         self.queue = [_Batch(list(events[i:i + size])) for i in range(0, len(events), size)]
         self.queue.reverse()  # pop() from the end sends in order
@@ -100,6 +118,8 @@ class Session:
         self.s = settings
         self.ids = itertools.count(1)
         self.on_ack = on_ack
+        self.on_trouble = on_trouble  # told why a try failed, each time one does
+        self.last_trouble = ""
         self.start = time.monotonic()
         self.deadline = None if time_limit is None else self.start + time_limit
         self.result = PublishResult(events=len(events), batches=len(self.queue))
@@ -111,7 +131,8 @@ class Session:
     def next_batch(self, now: float) -> Optional[Tuple[int, _Batch]]:
         """The next batch due to go, now in flight, if the window has room."""
         if self.deadline is not None and now >= self.deadline:
-            self._give_up_all("the time limit passed")
+            why = f"; last problem: {self.last_trouble}" if self.last_trouble else ""
+            self._give_up_all(f"the time limit ({self.deadline - self.start:g} s) passed{why}")
             return None
         if len(self.inflight) >= self.s.max_inflight:
             return None
@@ -131,7 +152,15 @@ class Session:
             self.result.failed += sum(len(b.events) for b in batches)
             self.result.errors.append(f"gave up on {len(batches)} batches: {reason}")
 
+    def interrupt(self) -> PublishResult:
+        """Stop now (Ctrl-C): what is not acknowledged yet is reported failed."""
+        self._give_up_all("interrupted")
+        return self.finish()
+
     def _retry(self, batch: _Batch, reason: str, now: float, delay: Optional[float] = None) -> None:
+        self.last_trouble = reason
+        if self.on_trouble is not None:
+            self.on_trouble(reason)
         if batch.tries > self.s.max_retries:
             self.result.failed += len(batch.events)
             self.result.errors.append(f"gave up after {batch.tries} tries: {reason}")
@@ -167,6 +196,13 @@ class Session:
             self._retry(batch, reason, now, delay)
         else:
             self.result.rejected += len(batch.events)
+            self.result.errors.append(reason)
+
+    def broken(self, req_id: Any, reason: str) -> None:
+        """A try failed in a way a resend cannot mend (a TLS certificate agg does not pass)."""
+        batch = self._take(req_id)
+        if batch is not None:
+            self.result.failed += len(batch.events)
             self.result.errors.append(reason)
 
     def on_reply(self, frames: List[bytes], now: float) -> None:

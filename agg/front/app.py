@@ -7,6 +7,7 @@ constants (the OpenAPI description and Swagger UI).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, List
 
 import falcon
@@ -84,6 +85,15 @@ class Health:
             json_response(resp, {"status": "healthy", "workers": workers})
 
 
+class Live:
+    """Open to all: 200 while this process's loop answers. A probe that restarts
+    on failure belongs here, not on /health, whose 503 a restart of the front
+    would not cure (a worker down, a full disk)."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        json_response(resp, {"status": "alive", "pid": os.getpid()})
+
+
 def create_app(config: Config, connections: Callable[[], int] = lambda: 0) -> falcon.asgi.App:
     """The front's app; ``connections`` counts the server's open connections."""
     backends = Backends(config, connections)
@@ -95,6 +105,8 @@ def create_app(config: Config, connections: Callable[[], int] = lambda: 0) -> fa
     app.add_route("/events", Listing(backends))
     app.add_route("/stats", Stats(backends))
     app.add_route("/health", Health(backends))
+    app.add_route("/readyz", Health(backends))
+    app.add_route("/livez", Live())
     app.add_route("/metrics", Metrics(backends))
     app.add_route("/openapi.json", OpenApi(config))
     app.add_route("/docs", Docs())

@@ -54,7 +54,7 @@ class Backends:
         self.config = config
         self.connections = connections
         self.ctx: Optional[zmq.asyncio.Context] = None
-        self.metrics = metrics.FrontMetrics()
+        self.metrics = metrics.FrontMetrics(config)
         self.retry_after = config.limits.retry_after_s
 
     async def process_startup(self, scope: Any, event: Any) -> None:

@@ -93,13 +93,14 @@ class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         def handle(signum: int, frame: Any) -> None:
-            if self.should_exit:
+            if self.should_exit and not lifecycle.supervised():
+                # A second signal outside a supervisor: stop without waiting. Supervised,
+                # a repeat is the group's SIGTERM and the supervisor's: one graceful stop
+                # (forcing would skip the lifespan's shutdown and log its CancelledError).
                 self.force_exit = True
             self.should_exit = True
 
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handle)}
-        previous[signal.SIGINT] = signal.signal(
-            signal.SIGINT, signal.SIG_IGN if lifecycle.supervised() else handle)
+        previous = lifecycle.stop_signals(handle)
         try:
             yield
         finally:
@@ -123,6 +124,10 @@ def _has(module: str) -> bool:
 
 def run(config: Config) -> int:
     lifecycle.die_with_supervisor()
+    if lifecycle.supervised():
+        # Until uvicorn takes the signals: a SIGHUP or SIGINT to the group must not kill us.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         sock = bind_socket(config.http.host, config.http.port)
     except OSError as exc:
@@ -150,5 +155,5 @@ def run(config: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = configmod.from_command_line("agg-front", "run the agg HTTP front", argv)
-    lifecycle.setup_logging("front", config.log_level)
+    lifecycle.setup_logging("front", config.log_level, config.log_format)
     return run(config)

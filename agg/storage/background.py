@@ -31,6 +31,8 @@ import sqlite3
 import threading
 from typing import Callable, Deque, Dict, Optional, Sequence
 
+from .shard import sqlite_synchronous
+
 log = logging.getLogger("agg.background")
 
 # Seconds between two rounds: the WAL holds about this much of the commits.
@@ -41,7 +43,7 @@ class Background(threading.Thread):
     """Checkpoints the shard files ``paths`` while they are written (``mark``),
     and runs the jobs handed to ``later``."""
 
-    def __init__(self, paths: Sequence[str], synchronous: str = "FULL") -> None:
+    def __init__(self, paths: Sequence[str], synchronous: str = "GROUP") -> None:
         super().__init__(name="background", daemon=True)
         self.paths = list(paths)
         self.synchronous = synchronous
@@ -87,7 +89,7 @@ class Background(threading.Thread):
             db = connections.get(path)
             if db is None:
                 db = connections[path] = sqlite3.connect(path, isolation_level=None)
-                db.execute(f"PRAGMA synchronous={self.synchronous}")
+                db.execute(f"PRAGMA synchronous={sqlite_synchronous(self.synchronous)}")
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             if self.failing is None:

@@ -37,6 +37,7 @@ from msgspec.structs import astuple
 
 from ..protocol import Counts, Event, PartitionCounts, StoredRow
 from . import schema
+from .flush import WalFile
 from .indexfile import IndexFile, Later, read
 from .keyindex import KeyIndex, key_hash, key_hashes
 from .lock import Locked, hold_lock
@@ -46,6 +47,11 @@ log = logging.getLogger("agg.storage")
 # A start that reads this many rows into a key index says so in the log.
 LOG_ROWS = 200_000
 KEY = operator.attrgetter("topic", "event_id")
+
+
+def sqlite_synchronous(mode: str) -> str:
+    """SQLite's own mode for ``storage.synchronous``: GROUP commits as NORMAL (and flushes after)."""
+    return "NORMAL" if mode == "GROUP" else mode
 
 
 class StorageError(Exception):
@@ -71,7 +77,7 @@ class Verdict(NamedTuple):
 class Shard:
     """The SQLite file of one partition, opened by its owning worker."""
 
-    def __init__(self, path: str, synchronous: str = "FULL", cache_mib: int = 64,
+    def __init__(self, path: str, synchronous: str = "GROUP", cache_mib: int = 64,
                  wal_autocheckpoint: int = 16000, index_save_rows: int = 100_000,
                  progress: Callable[[], None] = lambda: None,
                  background: Optional[Later] = None, partition: int = 0) -> None:
@@ -79,6 +85,8 @@ class Shard:
         self.partition = partition
         self.progress = progress  # called now and then while a long key index rebuild runs
         self.index_file = IndexFile(path + ".keys", index_save_rows, background)
+        # GROUP: commits do not fsync; the worker flushes this WAL file before it answers.
+        self.wal: Optional[WalFile] = WalFile(path) if synchronous == "GROUP" else None
         try:
             self.lock = hold_lock(path + ".lock")
         except Locked:
@@ -100,7 +108,7 @@ class Shard:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # WAL must be set outside a transaction; it persists in the file.
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute(f"PRAGMA synchronous={sqlite_synchronous(synchronous)}")
         db.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
         db.execute("PRAGMA temp_store=MEMORY")
         # A backstop: the worker's background thread checkpoints, off the commit path.
@@ -311,4 +319,6 @@ class Shard:
         if self.last_seq > self.index_file.saved_at:
             self.index_file.save(self.index, self.last_seq, self.last_key, now=True)
         self.db.close()
+        if self.wal is not None:
+            self.wal.close()
         self.lock.close()

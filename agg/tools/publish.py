@@ -8,10 +8,13 @@ second time. It sends them, over HTTP or the native ZeroMQ ingest
 (``--transport zmq``), in batches of ``--batch-size`` from
 ``--concurrency`` connections, retries a batch with backoff on 503 or a lost
 connection (safe: agg drops the duplicates a retry creates), and ends with a
-summary of what agg acknowledged.
+summary of what agg acknowledged. ``--from FILE`` (or ``-`` for stdin)
+publishes one's own events instead, one JSON object per line.
 
-Exit status: 0 if every event was acknowledged, 1 if some were rejected or
-never acknowledged, 2 for bad arguments.
+While agg does not answer it says so on stderr, once, and it stops at
+``--time-limit``. Exit status: 0 if every event was acknowledged, 1 if some
+were rejected or never acknowledged, 2 for bad arguments or input, 130 after
+Ctrl-C (with the summary of what was acknowledged until then).
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import datetime
 import json
 import os
 import random
+import signal
 import sys
-import threading
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import zmq
 
-from ..client import HttpPublisher, Publisher, PublishResult, server_key_of
+from ..client import HttpPublisher, Interrupted, Publisher, PublishResult, server_key_of, tls_context
+from . import console
+from .jsonlines import BadLine, read_events
+from .progress import Progress, Trouble
 
 DEFAULT_TOPICS = ("user.created", "order.placed", "payment.processed", "inventory.updated",
                   "email.sent", "session.started", "cart.abandoned", "shipment.dispatched")
@@ -60,37 +65,8 @@ def make_events(count: int, duplicates: float, seed: int,
     return events
 
 
-class Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.done = 0
-        self.start = time.monotonic()
-        self.last_draw = 0.0
-        self.lock = threading.Lock()
-
-    def advance(self, n: int) -> None:
-        with self.lock:
-            self.done += n
-            now = time.monotonic()
-            if self.enabled and (now - self.last_draw > 0.1 or self.done >= self.total):
-                self.last_draw = now
-                width = 30
-                filled = int(width * self.done / max(self.total, 1))
-                rate = self.done / max(now - self.start, 1e-9)
-                sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                                 f"{self.done}/{self.total} events  {rate:,.0f}/s")
-                sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agg-publish", description=__doc__.split("\n\n")[0])
+    parser = console.parser_for("agg-publish", __doc__)
     parser.add_argument("--transport", choices=("http", "zmq"), default="http",
                         help="HTTP POST /publish, or the native ZeroMQ ingest [http]")
     parser.add_argument("--endpoint", default=os.environ.get("AGG_INGEST", "tcp://127.0.0.1:5555"),
@@ -101,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curve-client-cert", metavar="CERT",
                         help="with --transport zmq: this publisher's secret certificate")
     parser.add_argument("--url", default=os.environ.get("AGG_URL", "http://127.0.0.1:8080"),
-                        help="agg's HTTP base URL [$AGG_URL or http://127.0.0.1:8080]")
+                        help="agg's HTTP base URL, http:// or https:// [$AGG_URL or http://127.0.0.1:8080]")
+    parser.add_argument("--token", help="bearer token of POST /publish [$AGG_PUBLISH_TOKEN]")
+    parser.add_argument("--cacert", metavar="FILE",
+                        help="with an https:// URL: the CA certificate(s) to check agg's against "
+                             "[the system's]")
+    parser.add_argument("--insecure", action="store_true",
+                        help="with an https:// URL: check no certificate (for tests only)")
+    parser.add_argument("--from", dest="source", metavar="FILE",
+                        help="publish the events of this JSON-lines file (- for stdin), one object "
+                             "per line, instead of generated ones")
     parser.add_argument("--events", type=int, default=5000, help="events to send [5000]")
     parser.add_argument("--duplicates", type=float, default=0.2,
                         help="fraction of the events that are resends [0.2]")
@@ -113,46 +98,95 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-backoff", type=float, default=2.0, help="longest wait between tries [2 s]")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout [30 s]")
     parser.add_argument("--time-limit", type=float, default=600.0,
-                        help="stop retrying after this many seconds [600]")
+                        help="give up on what is not acknowledged after this many seconds [600]")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return console.guard(_main, argv)
+
+
+def load_events(parser: argparse.ArgumentParser, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """The events to send: ``--from``'s (BadLine or OSError if it cannot be read), or generated ones."""
+    if args.source == "-":
+        return read_events(sys.stdin, "stdin")
+    if args.source is not None:
+        try:
+            with open(args.source, encoding="utf-8") as fh:
+                return read_events(fh, args.source)
+        except UnicodeDecodeError:
+            raise BadLine(f"{args.source}: not UTF-8") from None
     topics = [t for t in args.topics.split(",") if t]
-    if args.events < 1 or args.batch_size < 1 or args.concurrency < 1 or not topics \
-            or not 0 <= args.duplicates < 1:
-        parser.error("--events, --batch-size, --concurrency must be >= 1, --duplicates in [0, 1), "
-                     "--topics not empty")
-    events = make_events(args.events, args.duplicates, args.seed, topics)
-    progress = Progress(len(events), sys.stderr.isatty() and not args.no_progress)
-    publisher: Any
+    if args.events < 1 or not topics or not 0 <= args.duplicates < 1:
+        parser.error("--events must be >= 1, --duplicates in [0, 1), --topics not empty")
+    return make_events(args.events, args.duplicates, args.seed, topics)
+
+
+def make_publisher(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
     try:
         if args.transport == "zmq":
             server_key = server_key_of(args.curve_server_key) if args.curve_server_key else None
-            publisher = Publisher(args.endpoint, batch_size=args.batch_size, max_inflight=args.concurrency,
-                                  ack_timeout=args.timeout, max_retries=args.retries,
-                                  max_backoff=args.max_backoff, curve_server_key=server_key,
-                                  curve_client_cert=args.curve_client_cert)
-        else:
-            publisher = HttpPublisher(args.url, batch_size=args.batch_size, max_inflight=args.concurrency,
-                                      ack_timeout=args.timeout, max_retries=args.retries,
-                                      max_backoff=args.max_backoff)
+            return Publisher(args.endpoint, batch_size=args.batch_size, max_inflight=args.concurrency,
+                             ack_timeout=args.timeout, max_retries=args.retries,
+                             max_backoff=args.max_backoff, curve_server_key=server_key,
+                             curve_client_cert=args.curve_client_cert)
+        tls = None
+        if args.url.startswith("https:"):
+            try:
+                tls = tls_context(args.cacert, args.insecure)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                parser.error(f"--cacert {args.cacert}: {getattr(exc, 'strerror', None) or exc}")
+        return HttpPublisher(args.url, batch_size=args.batch_size, max_inflight=args.concurrency,
+                             ack_timeout=args.timeout, max_retries=args.retries,
+                             max_backoff=args.max_backoff, token=args.token, tls=tls)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     except zmq.ZMQError as exc:
         parser.error(f"--endpoint {args.endpoint}: {exc}")
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.concurrency < 1:
+        parser.error("--batch-size and --concurrency must be >= 1")
     try:
-        summary: PublishResult = publisher.publish(events, progress.advance, time_limit=args.time_limit)
+        events = load_events(parser, args)
+    except (BadLine, OSError) as exc:  # bad input, not bad usage: one line, no usage text
+        console.say("agg-publish", f"--from {exc}" if isinstance(exc, BadLine)
+                    else f"--from {args.source}: {exc.strerror}")
+        return 2
+    publisher = make_publisher(parser, args)
+    target = args.endpoint if args.transport == "zmq" else args.url
+    progress = Progress(len(events), sys.stderr.isatty() and not args.no_progress)
+    progress.advance(0)  # the bar at 0 at once: a terminal sees that it runs before agg answers
+    status = 0
+    try:
+        with Trouble("agg-publish", target, args.time_limit, progress) as trouble:
+            summary: PublishResult = publisher.publish(events, progress.advance, time_limit=args.time_limit,
+                                                       on_trouble=trouble)
+    except Interrupted as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would cut the summary
+        summary, status = stop.result, console.INTERRUPTED
     finally:
         if args.transport == "zmq":
             publisher.close()
     progress.finish()
-    print(json.dumps(summary.to_json()) if args.json else summary.render())
-    return 0 if summary.acknowledged == summary.events else 1
+    print(json.dumps(summary.to_json()) if args.json else summary.render(), flush=True)
+    if status:
+        console.say("agg-publish", f"interrupted: {summary.acknowledged} of {summary.events} events "
+                                   "acknowledged")
+        return status
+    if summary.acknowledged < summary.events:
+        last = summary.errors[-1] if summary.errors else "?"
+        if last.startswith("TLS:") and not args.cacert:
+            last += " (--cacert FILE trusts a private CA)"
+        console.say("agg-publish", f"{summary.events - summary.acknowledged} of {summary.events} events "
+                                   f"not acknowledged: {last}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def load_process(spec: Dict[str, Any], part: int, ready: Any, go: Any, queue: An
             (len(b), i, protocol.encode(protocol.BATCH, [i, b]))
             for i, b in enumerate(batches(events, spec["batch"]), 1)]
     else:
-        size = 1 if spec["path"] == "http-single" else spec["batch"]
+        size = 1 if spec["path"].endswith("-single") else spec["batch"]
         if size == 1:
             bodies = [(1, json.dumps(e).encode()) for e in events]
         else:

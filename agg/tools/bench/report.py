@@ -67,7 +67,7 @@ def render(report: Dict[str, Any]) -> str:
             f"{row['path']:<12} {f['events']:>9,} {f['events_per_s']:>11,.0f} {f['p50_ms']:>7} "
             f"{f['p99_ms']:>7} {str(h.get('p50_ms')) + ' / ' + str(h.get('p99_ms')):>21} "
             f"{_maybe(f.get('first_100k_per_s')):>12} {_maybe(f.get('last_100k_per_s')):>12} "
-            f"{row['restart_after_kill_s']:>9}")
+            f"{row['restart_after_kill_s'] if row['restart_after_kill_s'] is not None else '-':>9}")
     lines.append("")
     lines.append("restart s: from SIGKILL of every agg process to ready again, on the data just written")
     lines.append("CPU µs per acknowledged event, at full load: " + "; ".join(
@@ -76,4 +76,45 @@ def render(report: Dict[str, Any]) -> str:
     lines.append("peak RSS, MiB: " + "; ".join(
         f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mib"].items())
         for row in report["paths"]))
-    return "\n".join(lines)
+    extras = render_extras(report)
+    return "\n".join(lines + ([""] + extras if extras else []))
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 2) if a and b else None
+
+
+def ratios(report: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """The figures that compare across days: each a ratio of two measurements of this run."""
+    rate = {row["path"]: row["full"]["events_per_s"] for row in report["paths"]}
+    lone = report.get("lone", {})
+    return {
+        "http-single / bare-single": _ratio(rate.get("http-single"), rate.get("bare-single")),
+        "zmq-batch / http-batch": _ratio(rate.get("zmq-batch"), rate.get("http-batch")),
+        "seed publisher, agg / bare time": _ratio(lone.get("seed_publisher_agg_s"),
+                                                  lone.get("seed_publisher_bare_s")),
+    }
+
+
+def render_extras(report: Dict[str, Any]) -> List[str]:
+    lines: List[str] = []
+    lone = report.get("lone", {})
+    for name in ("agg", "bare"):
+        ack = lone.get(f"ack_{name}")
+        if ack:
+            lines.append(f"one request at a time, {name}: p50 {ack['p50_ms']} ms, p99 {ack['p99_ms']} ms "
+                         f"({ack['requests']} requests on one connection)")
+    if "seed_publisher_agg_s" in lone:
+        lines.append(f"the seed's sequential publisher: agg {lone['seed_publisher_agg_s']} s, "
+                     f"bare app {lone['seed_publisher_bare_s']} s")
+    for row in report.get("overload", []):
+        lines.append(
+            f"overload {row['transport']}: {row['offered_factor']}x of {row['capacity_events_per_s']:,} ev/s "
+            f"for {row['seconds']:g} s: refusals p50/p99 {row['refused_p50_ms']} / {row['refused_p99_ms']} ms "
+            f"({row['refused']} refused, {row['refused_without_retry_after']} without Retry-After), "
+            f"admitted p50/p99 {row['admitted_p50_ms']} / {row['admitted_p99_ms']} ms, goodput "
+            f"{row['goodput_events_per_s']:,} ev/s = {row['goodput_of_capacity']:.0%} of capacity, "
+            f"lost {row['lost']}, other {row['other'] or 'none'}, peak RSS {row['peak_rss_mib']} MiB")
+    for name, value in report.get("ratios", {}).items():
+        lines.append(f"ratio {name}: {value if value is not None else '-'}")
+    return lines

@@ -58,10 +58,12 @@ def cpu_seconds(pids: Dict[str, int]) -> Dict[str, float]:
 class System:
     """A real ``agg run`` on a temporary data directory, for one measurement."""
 
-    def __init__(self, base: str, settings: List[str]) -> None:
+    def __init__(self, base: str, settings: List[str], agg_path: str = "") -> None:
         self.base = base
         self.run_dir = os.path.join(base, "run")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+        if agg_path:  # another checkout of agg under test (before/after comparisons)
+            env["PYTHONPATH"] = os.path.abspath(agg_path)
         self.log = open(os.path.join(base, "agg.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agg", "run", "--data-dir", os.path.join(base, "data"),
@@ -101,6 +103,33 @@ class System:
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class BareSystem:
+    """The bare Falcon app (``agg.tools.bench.bare``), with System's interface."""
+
+    def __init__(self, base: str) -> None:
+        self.log = open(os.path.join(base, "bare.log"), "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agg.tools.bench.bare"], stdout=subprocess.PIPE,
+                                     stderr=self.log, stdin=subprocess.DEVNULL, cwd=base)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the bare app did not start; see {base}/bare.log")
+        self.endpoints: Dict[str, Any] = {"http": line}
+
+    def pids(self) -> Dict[str, int]:
+        return {"bare": self.proc.pid}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

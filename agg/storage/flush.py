@@ -1,0 +1,95 @@
+"""One flush per group: the WAL files a group committed to, made durable side
+by side before any of its answers goes out.
+
+With ``storage.synchronous = "GROUP"`` (the default) each shard commits with
+SQLite's ``synchronous=NORMAL``: COMMIT writes the transaction's frames to the
+shard's WAL file and returns without an fsync. The worker then calls
+``flush`` on the shards the group touched, which fsyncs their WAL files in
+parallel threads (``fdatasync``, which releases the GIL, and the file system folds fsyncs that
+overlap into one journal commit: four shards of a growing WAL measured 1.3 ms
+side by side against 16 ms one after another, and 16 ms as four FULL commits;
+with the WAL kept short by checkpoints, 0.8 against 1.2 ms). Only then
+does the worker answer. An fsync covers every byte written to the file before
+it, so an acknowledged event's frames, with the WAL header they belong to, are
+on the disk: after a power cut SQLite's recovery finds them. A checkpoint
+(``agg.storage.background``) fsyncs the WAL before it copies it and the
+database file after, in every synchronous mode.
+
+A new WAL file is also a new directory entry, so the first flush of a WAL
+file fsyncs the shard's directory too.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Dict, Optional, Sequence
+
+
+class FlushError(Exception):
+    """An fsync of a WAL file failed: what it held may not be on the disk."""
+
+
+class WalFile:
+    """The WAL file of one shard, opened once and flushed on demand."""
+
+    def __init__(self, db_path: str) -> None:
+        self.path = db_path + "-wal"
+        self.fd: Optional[int] = None
+
+    def flush(self) -> None:
+        try:
+            if self.fd is not None and os.fstat(self.fd).st_nlink == 0:
+                self.close()  # SQLite removed the file (its last connection closed): a new one
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._flush_directory()
+            os.fdatasync(self.fd)  # as SQLite's own WAL sync on Linux: the data, and the size if it grew
+        except OSError as exc:
+            raise FlushError(f"flush (fdatasync) of {self.path} failed: {exc.strerror or exc}") from None
+
+    def _flush_directory(self) -> None:
+        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Flusher:
+    """Flushes several WAL files at once, one thread each, while the calling
+    thread stays free to say that it is busy, not hung: a flush on a slow or
+    loaded disk can take longer than ``limits.stall_s``."""
+
+    def __init__(self, threads: int, busy: Callable[[], object] = lambda: None,
+                 busy_every: float = 0.1) -> None:
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="flush")
+        self.busy = busy
+        self.busy_every = busy_every
+
+    def flush(self, files: Dict[int, WalFile]) -> Dict[int, str]:
+        """Flush every file; partition -> why, for those that failed."""
+        futures = {self.pool.submit(wal.flush): p for p, wal in files.items()}
+        pending = set(futures)
+        while pending:
+            _done, pending = wait(pending, self.busy_every, ALL_COMPLETED)
+            if pending:
+                self.busy()
+        failed: Dict[int, str] = {}
+        for future, p in futures.items():
+            exc = future.exception()
+            if isinstance(exc, FlushError):
+                failed[p] = str(exc)
+            elif exc is not None:
+                raise exc
+        return failed
+
+    def close(self, files: Sequence[WalFile] = ()) -> None:
+        self.pool.shutdown(wait=True)
+        for wal in files:
+            wal.close()
