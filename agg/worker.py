@@ -110,7 +110,7 @@ class Worker:
         self.last_probe = 0.0
         # BUSY to the peers while the loop works; it shares the ROUTER under its lock.
         self.pulse = Pulse(self.router, config.limits.stall_s / 4, config.limits.ack_timeout_s)
-        self.flusher = Flusher(len(self.shards), self.still_busy, config.limits.stall_s / 4)
+        self.flusher = Flusher(len(self.shards))
 
     def open_shards(self) -> Dict[int, Shard]:
         storage = self.config.storage
@@ -248,8 +248,8 @@ class Worker:
 
     def still_busy(self) -> int:
         """SQLite's progress handler, called every ``PROGRESS_STEPS`` steps of a
-        statement, and the flush's while it waits: tell the supervisor that the
-        loop is not hung (BUSY to the peers is the pulse's). 0: carry on."""
+        statement: tell the supervisor that the loop is not hung (BUSY to the
+        peers is the pulse's). 0: carry on."""
         self.heartbeat.beat()
         return 0
 

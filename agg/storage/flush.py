@@ -22,8 +22,8 @@ file fsyncs the shard's directory too.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Dict, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Optional, Sequence
 
 
 class FlushError(Exception):
@@ -62,31 +62,31 @@ class WalFile:
 
 
 class Flusher:
-    """Flushes several WAL files at once, one thread each, while the calling
-    thread stays free to say that it is busy, not hung: a flush on a slow or
-    loaded disk can take longer than ``limits.stall_s``."""
+    """Flushes several WAL files at once: the first in the calling thread, the
+    others in threads beside it (a thread costs a hand-off of the GIL and a
+    future, tens of microseconds, against a group of one shard's nothing).
+    The worker's pulse (``agg.pulse``) says BUSY meanwhile if it takes long."""
 
-    def __init__(self, threads: int, busy: Callable[[], object] = lambda: None,
-                 busy_every: float = 0.1) -> None:
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="flush")
-        self.busy = busy
-        self.busy_every = busy_every
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="flush")
 
     def flush(self, files: Dict[int, WalFile]) -> Dict[int, str]:
         """Flush every file; partition -> why, for those that failed."""
-        futures = {self.pool.submit(wal.flush): p for p, wal in files.items()}
-        pending = set(futures)
-        while pending:
-            _done, pending = wait(pending, self.busy_every, ALL_COMPLETED)
-            if pending:
-                self.busy()
+        items = list(files.items())
+        if not items:
+            return {}
+        futures = [(p, self.pool.submit(wal.flush)) for p, wal in items[1:]]
         failed: Dict[int, str] = {}
-        for future, p in futures.items():
-            exc = future.exception()
-            if isinstance(exc, FlushError):
+        first, wal = items[0]
+        try:
+            wal.flush()
+        except FlushError as exc:
+            failed[first] = str(exc)
+        for p, future in futures:
+            try:
+                future.result()
+            except FlushError as exc:
                 failed[p] = str(exc)
-            elif exc is not None:
-                raise exc
         return failed
 
     def close(self, files: Sequence[WalFile] = ()) -> None:
