@@ -31,6 +31,13 @@ from agg.partition import partition_of
 
 STOP_TIMEOUT = 30.0
 
+# A shell started in the background without job control (``cmd &`` in a script, as a CI
+# runner may start the suite) ignores SIGINT, and an ignored signal stays ignored across
+# exec: every tool a test starts would then shrug off the Ctrl-C the test sends it. A
+# handled signal is reset to its default at exec, so handling it here gives each child
+# what a terminal gives it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
                message: str = "condition") -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 from typing import Any, List, Optional, Tuple
 
 from hypothesis import strategies as st
@@ -56,8 +57,14 @@ class Rules:
             if zone[0] not in "+-" or zone[3] != ":" or not (zone[1:3] + zone[4:]).isdigit() \
                     or int(zone[1:3]) > 23 or int(zone[4:]) > 59:
                 return False
+        # fromisoformat before Python 3.11 takes neither Z nor "," nor fractions other than
+        # of 3 or 6 digits: say those the way every version reads them.
+        text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+        fraction = re.search(r"[.,]([0-9]+)(?=[+-][0-9]{2}:[0-9]{2}$)", text)
+        if fraction:
+            text = text[:fraction.start()] + "." + (fraction.group(1) + "000000")[:6] + text[fraction.end():]
         try:
-            parsed = datetime.datetime.fromisoformat(value.replace("z", "Z"))
+            parsed = datetime.datetime.fromisoformat(text)
         except ValueError:
             return False
         return parsed.tzinfo is not None
