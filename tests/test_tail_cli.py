@@ -3,12 +3,13 @@ against a real agg; Ctrl-C and agg being away."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
 import subprocess
 import sys
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 from conftest import AggSystem, make_event
 
@@ -34,6 +35,18 @@ def wait_following(proc: subprocess.Popen, timeout: float = 20.0) -> str:
     return line
 
 
+@contextlib.contextmanager
+def running(*args: str) -> Iterator[subprocess.Popen]:
+    """``start(*args)``, killed if the test leaves it still running (a failure)."""
+    proc = start(*args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def finish(proc: subprocess.Popen, timeout: float = 20.0) -> Tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -47,17 +60,12 @@ def finish(proc: subprocess.Popen, timeout: float = 20.0) -> Tuple[int, str, str
 def test_tail_prints_only_new_events_of_its_topic_in_order(agg: AggSystem) -> None:
     publish(agg, "orders", [f"old{i}" for i in range(5)])
     agg.wait_stats(5, 5, 0)
-    proc = start("orders", "--url", agg.url, "--count", "3", "--interval", "0.05")
-    try:
+    with running("orders", "--url", agg.url, "--count", "3", "--interval", "0.05") as proc:
         line = wait_following(proc)
         assert 'topic "orders"' in line and "new events" in line
         publish(agg, "other", ["x1", "x2"])
         publish(agg, "orders", ["new0", "new1", "new2", "new3"])
         status, out, err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert status == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["event_id"] for e in events] == ["new0", "new1", "new2"]
@@ -68,30 +76,20 @@ def test_tail_from_start_then_new_and_hostile_names_stay_escaped(agg: AggSystem)
     evil = "evil\x1b]0;PWNED\x07"
     publish(agg, evil, ["a", "b"])
     agg.wait_stats(2, 2, 0)
-    proc = start("--url", agg.url, "--from-start", "--count", "3", "--interval", "0.05")
-    try:
+    with running("--url", agg.url, "--from-start", "--count", "3", "--interval", "0.05") as proc:
         assert "every topic" in wait_following(proc)
         publish(agg, evil, ["c"])
         status, out, err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert status == 0, err
     assert "\x1b" not in out and "\\u001b]0;PWNED\\u0007" in out
     assert sorted(json.loads(line)["event_id"] for line in out.splitlines()) == ["a", "b", "c"]
 
 
 def test_ctrl_c_ends_tail_quietly_with_130(agg: AggSystem) -> None:
-    proc = start("orders", "--url", agg.url)
-    try:
+    with running("orders", "--url", agg.url) as proc:
         wait_following(proc)
         proc.send_signal(signal.SIGINT)
         status, out, err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert status == 130 and out == ""
     assert err == "", err
 
