@@ -33,7 +33,11 @@ def guard(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequenc
     """Run a tool's ``main``: Ctrl-C anywhere is exit 130, a closed stdout is exit 141,
     neither with a traceback."""
     try:
-        return main(argv)
+        status = main(argv)
+        # A block-buffered stdout (a pipe, without PYTHONUNBUFFERED) meets a closed
+        # pipe here, where it can be handled, rather than at the interpreter's exit.
+        sys.stdout.flush()
+        return status
     except KeyboardInterrupt:
         return INTERRUPTED
     except BrokenPipeError:
