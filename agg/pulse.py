@@ -41,7 +41,6 @@ class Pulse(threading.Thread):
         self.working_since = 0.0  # monotonic time the loop began its current work; 0: idle
         self.peers: Dict[bytes, float] = {}  # routing id -> when last heard (written by the loop)
         self.stopping = threading.Event()
-        self.told = 0  # BUSY rounds sent: what a test reads
         self.busy = protocol.encode(protocol.BUSY, [None])
 
     def run(self) -> None:
@@ -62,7 +61,6 @@ class Pulse(threading.Thread):
                 self.router.send_multipart([rid, *self.busy], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # a full or gone peer: it hears from the worker when it can
-        self.told += 1
 
     def work(self) -> None:
         """The loop begins work (it polled and something came)."""

@@ -92,7 +92,7 @@ class Worker:
         # Before the shards: rebuilding a key index can take long, and beats say it is not hung.
         self.heartbeat = lifecycle.Heartbeat(config)
         self.shards = self.open_shards()
-        # Set when a WAL flush failed: the worker stops, to be started again (see commit_group).
+        # Set when a WAL flush failed: the worker stops, to be started again (see flush).
         self.flush_failed: Optional[str] = None
         self.clock = CommitClock(max((s.last_received_at for s in self.shards.values()), default=""))
         self.intake = Intake(index, self.partitions, config.partitions, config.limits.max_events_page)
@@ -211,8 +211,9 @@ class Worker:
         clean, so what this process has in memory of that shard may be ahead of
         the disk: the worker stops after this group and the supervisor starts it
         again, to read the shard from its file (PostgreSQL does the same)."""
-        wals = {p: self.shards[p].wal for p in done}
-        unflushed = self.flusher.flush({p: wal for p, wal in wals.items() if wal is not None})
+        # Only the shards that committed: a partition with no events in the group wrote nothing.
+        unflushed = self.flusher.flush({p: wal for p, statuses in done.items()
+                                        if statuses and (wal := self.shards[p].wal) is not None})
         for p, reason in unflushed.items():
             log.critical("storage error in partition %d: %s; restarting this worker", p, reason)
             del done[p]
