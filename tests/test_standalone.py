@@ -1,16 +1,21 @@
 """The actors also run alone, without the supervisor, as in docker-compose.distributed.yml:
 each started by hand, finding the others through the endpoints.* settings."""
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from typing import Dict, Iterator
 
 from conftest import http_request, make_event, wait_until
 
 
-def test_actors_started_one_by_one_work_together(tmp_base) -> None:
+@contextlib.contextmanager
+def actors(tmp_base: str, front_env: Dict[str, str]) -> Iterator[str]:
+    """stats, two workers and a front, each a process of its own; the front's URL.
+    Each must stop with status 0 on SIGTERM."""
     run = os.path.join(tmp_base, "run")
     os.makedirs(run)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
@@ -29,20 +34,16 @@ def test_actors_started_one_by_one_work_together(tmp_base) -> None:
         for name, args in (("stats", ["stats"]), ("w0", ["worker", "--index", "0"]),
                            ("w1", ["worker", "--index", "1"]), ("front", ["front"])):
             logs[name] = os.path.join(tmp_base, f"{name}.log")
+            own_env = dict(env, **(front_env if name == "front" else {}))
             with open(logs[name], "wb") as log:
-                procs[name] = subprocess.Popen([sys.executable, "-m", "agg", *args], env=env,
+                procs[name] = subprocess.Popen([sys.executable, "-m", "agg", *args], env=own_env,
                                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_base)
 
         def front_url():
             with open(logs["front"]) as fh:
                 found = re.search(r"listening on (http://\S+)", fh.read())
             return found.group(1) if found else None
-        url = wait_until(front_url, 30, message="the front to listen")
-        wait_until(lambda: http_request(url + "/health")[0] == 200, 30, message="healthy")
-        status, _, body = http_request(url + "/publish", "POST",
-                                       {"events": [make_event(topic=f"t{i}", event_id="x") for i in range(20)]})
-        assert status == 200 and body["stored"] == 20
-        assert http_request(url + "/events")[2]["count"] == 20
+        yield wait_until(front_url, 30, message="the front to listen")
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -53,3 +54,28 @@ def test_actors_started_one_by_one_work_together(tmp_base) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise
+
+
+def test_actors_started_one_by_one_work_together(tmp_base) -> None:
+    with actors(tmp_base, {}) as url:
+        # Healthy means the front is connected to every worker: a publish is then taken.
+        wait_until(lambda: http_request(url + "/health")[0] == 200, 30, message="healthy")
+        status, _, body = http_request(url + "/publish", "POST",
+                                       {"events": [make_event(topic=f"t{i}", event_id="x") for i in range(20)]})
+        assert status == 200 and body["stored"] == 20
+        assert http_request(url + "/events")[2]["count"] == 20
+
+
+def test_a_front_that_cannot_reach_its_workers_is_unhealthy(tmp_base) -> None:
+    """The workers are up and report to the stats process, but the front looks
+    for them at the wrong address: /health says so, as publishes would."""
+    wrong = os.path.join(tmp_base, "run", "elsewhere-{index}.sock")
+    with actors(tmp_base, {"AGG_ENDPOINTS_WORKER": f"ipc://{wrong}"}) as url:
+        def workers_alive():
+            status, _, body = http_request(url + "/health")
+            return body if body.get("workers") and all(w["alive"] for w in body["workers"].values()) else None
+        body = wait_until(workers_alive, 30, message="the stats process to see both workers")
+        assert body["status"] == "unhealthy"
+        assert body["missing"] == ["worker 0 (not connected to the front)", "worker 1 (not connected to the front)"]
+        status, headers, body = http_request(url + "/publish", "POST", make_event())
+        assert status == 503 and headers["retry-after"] == "1", body

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, T
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.utils import monitor as zmq_monitor
 
 from .. import protocol
 from ..ledger import Ledger
@@ -28,6 +29,8 @@ from .window import Window
 log = logging.getLogger("agg.dispatch")
 
 T = TypeVar("T")
+# Sends go out (IMMEDIATE) once the handshake is done, not at the connection.
+HANDSHAKEN = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
 
 
 class Unavailable(Exception):
@@ -92,13 +95,18 @@ class Peer:
         self.sock.setsockopt(zmq.SNDHWM, 100000)
         self.sock.setsockopt(zmq.RCVHWM, 100000)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # A worker being replaced is back within a second: try again at least every 250 ms.
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 250)
+        # Connected or not, as the socket says: /health is 503 while the front has no
+        # connection to a worker (its start, a restart), when publishes would be 503 too.
+        # The monitor comes before the connect, or its first handshake could pass unseen.
+        self.connected = False
+        self.monitor = self.sock.get_monitor_socket(HANDSHAKEN | zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
         self.ids = itertools.count(1)
         self.pending: Dict[int, "asyncio.Future[Any]"] = {}
         self.inflight_events = 0  # sent and not yet answered (the window also counts the outbox)
         self.outbox: Optional[Outbox] = None  # what this turn of the loop submitted
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks: List["asyncio.Task[None]"] = []
 
     def start(self) -> None:
@@ -149,7 +157,10 @@ class Peer:
         """A peer that disconnects (a worker killed, say) will never answer what
         it holds: fail those requests now rather than at their timeout."""
         while True:
-            await self.monitor.recv_multipart()
+            event = zmq_monitor.parse_monitor_message(await self.monitor.recv_multipart())["event"]
+            self.connected = event == HANDSHAKEN
+            if self.connected:
+                continue
             if self.pending:
                 log.warning("%s disconnected with %d requests in flight", self.name, len(self.pending))
             self._fail_pending(f"{self.name} disconnected before answering")

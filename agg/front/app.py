@@ -8,7 +8,7 @@ constants (the OpenAPI description and Swagger UI).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 import falcon
 import falcon.asgi
@@ -76,6 +76,8 @@ class Health:
             return
         workers = summary["workers"]
         missing = [f"worker {i}" for i, w in workers.items() if not w["alive"]]
+        missing += [f"{peer.name} (not connected to the front)" for peer in self.backends.pool.peers
+                    if not peer.connected and peer.name not in missing]
         storage = {f"worker {i}": w["storage_error"] for i, w in workers.items() if w.get("storage_error")}
         if missing or storage:
             resp.status = falcon.HTTP_503
@@ -94,9 +96,10 @@ class Live:
         json_response(resp, {"status": "alive", "pid": os.getpid()})
 
 
-def create_app(config: Config, connections: Callable[[], int] = lambda: 0) -> falcon.asgi.App:
+def create_app(config: Config, connections: Callable[[], int] = lambda: 0,
+               backends: Optional[Backends] = None) -> falcon.asgi.App:
     """The front's app; ``connections`` counts the server's open connections."""
-    backends = Backends(config, connections)
+    backends = backends or Backends(config, connections)
     middleware: List[Any] = [backends]
     if BearerAuth.wanted(config):
         middleware.append(BearerAuth(config, backends.reject))
