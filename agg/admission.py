@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .dispatch import Overloaded, Reservation, WorkerPool
+from .dispatch import Reservation, WorkerPool
 
 # What a request's size says of its events, before any was measured.
 FIRST_BYTES_PER_EVENT = 200.0
@@ -73,20 +73,28 @@ class Admission:
         self.bytes = 0
         self.bytes_per_event = FIRST_BYTES_PER_EVENT
 
+    def refusal(self, size: int) -> Optional[str]:
+        """Why a request of ``size`` bytes would be refused now, or None; takes nothing."""
+        if self.publishes >= self.max_requests:
+            return f"the {self.edge} holds {self.publishes} requests already"
+        if self.bytes and self.bytes + size > self.max_bytes:
+            return f"the {self.edge} holds {self.bytes} bytes of requests already"
+        return self.pool.refusal(self.events_in(size), size)
+
     def admit(self, size: Optional[int]) -> Ticket:
         """Hold room for a request of ``size`` bytes (None: not known yet), or Refused."""
-        if self.publishes >= self.max_requests:
-            raise Refused(f"the {self.edge} holds {self.publishes} requests already")
         size = size or 0
-        if self.bytes and self.bytes + size > self.max_bytes:
-            raise Refused(f"the {self.edge} holds {self.bytes} bytes of requests already")
-        try:
-            reservation = self.pool.reserve(max(1, int(size / self.bytes_per_event)), size)
-        except Overloaded as exc:
-            raise Refused(str(exc)) from None
+        reason = self.refusal(size)
+        if reason is not None:
+            raise Refused(reason)
+        reservation = self.pool.reserve(self.events_in(size), size)
         self.publishes += 1
         self.bytes += size
         return Ticket(self, size, reservation)
+
+    def events_in(self, size: int) -> int:
+        """About how many events a body of ``size`` bytes holds."""
+        return max(1, int(size / self.bytes_per_event))
 
     def learn(self, size: int, events: int) -> None:
         if events and size:

@@ -70,16 +70,21 @@ class WorkerPool:
     def owner(self, partition: int) -> int:
         return owner_of(partition, len(self.peers))
 
-    def reserve(self, events: int, size: int) -> Reservation:
-        """Room for a request of about ``events`` events and ``size`` bytes whose
-        workers are not known yet (its body is unread): a share of it in every
-        window, or ``Overloaded`` if no worker has room for its share."""
+    def refusal(self, events: int, size: int) -> Optional[str]:
+        """Why no worker has room for its share of a request of about ``events``
+        events and ``size`` bytes whose workers are not known yet, or None."""
         share, share_size = -(-events // len(self.peers)), -(-size // len(self.peers))
-        windows = [peer.window for peer in self.peers]
-        reasons = [w.refusal(share, share_size) for w in windows]
-        if all(reasons):
-            raise Overloaded(reasons[0])
-        return Reservation(windows, share, share_size)
+        reasons = [peer.window.refusal(share, share_size) for peer in self.peers]
+        return reasons[0] if all(reasons) else None
+
+    def reserve(self, events: int, size: int) -> Reservation:
+        """Room for such a request (its body is unread): a share of it in every
+        window, or ``Overloaded`` if no worker has room for its share."""
+        reason = self.refusal(events, size)
+        if reason is not None:
+            raise Overloaded(reason)
+        return Reservation([peer.window for peer in self.peers], -(-events // len(self.peers)),
+                           -(-size // len(self.peers)))
 
     async def store(self, events: Sequence[Event], size: int) -> bytes:
         """Commit ``events`` (about ``size`` bytes in all); return one status byte

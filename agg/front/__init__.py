@@ -10,7 +10,8 @@ Stops:     on SIGTERM, after in-flight requests are answered (uvicorn's drain).
 Modules: ``app`` builds the Falcon app (``create_app(config)``) and its
 sockets' lifespan; ``publish`` and ``listing`` are the POST /publish and
 GET /events resources; ``auth`` the bearer-token hook; ``cursor`` the codec
-of GET /events cursors; ``server`` the uvicorn server (``run``, ``main``).
+of GET /events cursors; ``gate`` the ASGI app before Falcon that refuses a
+publish admission cannot take; ``server`` the uvicorn server (``run``, ``main``).
 """
 
 from .app import create_app

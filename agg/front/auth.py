@@ -21,6 +21,13 @@ PUBLISH = "publish"
 READ = "read"
 
 
+def bearer_matches(authorization: bytes, token: bytes) -> bool:
+    """Whether an Authorization header's value is ``Bearer <token>``."""
+    kind, _, value = authorization.partition(b" ")
+    # compare_digest takes the same time whatever matches, so the token cannot be guessed byte by byte.
+    return kind.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)
+
+
 class BearerAuth:
     def __init__(self, config: Config, reject: Callable[[str], None]) -> None:
         self.tokens: Dict[str, bytes] = {PUBLISH: config.http.publish_token.encode(),
@@ -37,10 +44,7 @@ class BearerAuth:
         token = self.tokens.get(scope, b"") if scope else b""
         if not token:
             return
-        given = (req.get_header("Authorization") or "").encode()
-        kind, _, value = given.partition(b" ")
-        # compare_digest takes the same time whatever matches, so the token cannot be guessed byte by byte.
-        if not (kind.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)):
+        if not bearer_matches((req.get_header("Authorization") or "").encode(), token):
             self.reject("unauthorized")
             raise falcon.HTTPUnauthorized(
                 title="Unauthorized", challenges=['Bearer realm="agg"'],

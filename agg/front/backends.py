@@ -34,11 +34,14 @@ class InvalidRequest(falcon.HTTPUnprocessableEntity):
         return body
 
 
+# What every 503 adds to its reason.
+NOTHING_ACKNOWLEDGED = "; nothing of this request was acknowledged, resend it (duplicates are dropped)"
+
+
 def unavailable(reason: str, retry_after: int, close: bool = False) -> falcon.HTTPServiceUnavailable:
     """503 with Retry-After; ``close``: and the connection is closed after it."""
     return falcon.HTTPServiceUnavailable(
-        title="Service unavailable", description=reason + "; nothing of this request was "
-        "acknowledged, resend it (duplicates are dropped)", retry_after=retry_after,
+        title="Service unavailable", description=reason + NOTHING_ACKNOWLEDGED, retry_after=retry_after,
         headers={"Connection": "close"} if close else None)
 
 

@@ -28,19 +28,60 @@ from .. import config as configmod
 from .. import lifecycle
 from ..config import Config
 from .app import create_app
+from .backends import Backends
+from .gate import Gate
 
 log = logging.getLogger("agg.front")
+
+
+class JoinedWrites:
+    """A connection's transport whose writes of one turn of the loop leave as one.
+
+    uvicorn writes a response's head and its body with a call each, and each is
+    a send() of its own: two system calls, and two segments the client wakes up
+    for. Here a write is held until the next (the body after the head: both
+    leave together) or the end of the turn, whichever comes first. Everything
+    else is the transport's; ``close`` sends what is held first."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: Optional[bytes] = None
+        self.loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is None:
+            self.held = data
+            self.loop.call_soon(self.flush)
+        else:
+            self.held = None
+            self.transport.writelines((held, data))
+
+    def flush(self) -> None:
+        held, self.held = self.held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 class HeadTimedProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol, remembering since when a connection owes the start
     of a request: its head, and the first bytes of its body (Falcon begins a
-    request only with them), or its end if it has no body."""
+    request only with them), or its end if it has no body. Its responses leave
+    in one write each (``JoinedWrites``)."""
 
     head_since: Optional[float] = None  # monotonic; None while a request is in hand
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[arg-type]
+        # After uvicorn's own set-up: its flow control pauses and resumes the real transport.
+        self.transport = JoinedWrites(self.transport)  # type: ignore[assignment]
         self.head_since = time.monotonic()
 
     def on_body(self, body: bytes) -> None:
@@ -140,8 +181,9 @@ def run(config: Config) -> int:
 
     def connections() -> int:
         return len(server.server_state.connections) if server is not None else 0
+    backends = Backends(config, connections)
     uv_config = uvicorn.Config(
-        create_app(config, connections), lifespan="on", access_log=False, log_config=None,
+        Gate(create_app(config, backends=backends), backends), lifespan="on", access_log=False, log_config=None,
         log_level=config.log_level, timeout_graceful_shutdown=math.ceil(config.supervisor.grace_s),
         loop="uvloop" if _has("uvloop") else "asyncio",
         # Nothing here reads the client's address, so no per-request X-Forwarded-For pass.
