@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .config import CONFIG_ENV, DEFAULT_CONFIG_FILE, SCHEMA, SETTINGS, ConfigError, Setting, \
     dest_name, env_name, flag_name
@@ -94,6 +94,30 @@ def cross_checks(values: Mapping[str, Any], bad: Iterable[str]) -> List[str]:
             and values["stats.stale_after_s"] < 2 * values["stats.heartbeat_s"]:
         problems.append(f"stats.stale_after_s: must be at least twice stats.heartbeat_s "
                         f"({values['stats.heartbeat_s']:g}), got {values['stats.stale_after_s']:g}")
+    if not bad & {"data_dir", "run_dir", "workers"}:
+        problems.extend(_long_ipc_paths(values, bad))
+    return problems
+
+
+# An ipc:// path is a Unix socket's address: at most 107 bytes on Linux (sun_path).
+MAX_IPC_PATH = 107
+
+
+def _long_ipc_paths(values: Mapping[str, Any], bad: Set[str]) -> List[str]:
+    """ipc:// endpoints whose path would be too long to bind or connect (a deep
+    run_dir, say), named before any process fails on it."""
+    run_dir = os.path.abspath(values["run_dir"] or os.path.join(os.path.abspath(values["data_dir"]), "run"))
+    problems = []
+    for key, template in values.items():
+        if not key.startswith("endpoints.") or key in bad or not str(template).startswith("ipc://"):
+            continue
+        try:
+            path = str(template)[len("ipc://"):].format(run_dir=run_dir, index=values["workers"] - 1)
+        except (KeyError, IndexError, ValueError):
+            continue
+        if len(path.encode()) > MAX_IPC_PATH:
+            problems.append(f"{key}: the socket path {path} is {len(path.encode())} bytes, over the "
+                            f"{MAX_IPC_PATH} a Unix socket allows; set a shorter run_dir")
     return problems
 
 

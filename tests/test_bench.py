@@ -25,10 +25,11 @@ def test_the_workload_is_deterministic_with_resends_and_varied_timestamps() -> N
     assert sorted(map(json.dumps, parts)) == sorted(map(json.dumps, events))
 
 
-def test_agg_bench_runs_every_path_and_counts_every_event(tmp_path) -> None:
+def test_agg_bench_runs_every_path_and_counts_every_event(tmp_base) -> None:
+    # tmp_base, not pytest's tmp_path: under xdist that is too deep for the ipc:// paths below it.
     out = subprocess.run(
         [sys.executable, "-m", "agg.tools.bench", "--events", "3000", "--single-events", "300",
-         "--batch-size", "500", "--time-limit", "120", "--dir", str(tmp_path), "--json",
+         "--batch-size", "500", "--time-limit", "120", "--dir", tmp_base, "--json",
          "--ack-requests", "30", "--seed-events", "40", "--overload-s", "1"],
         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
@@ -56,4 +57,4 @@ def test_agg_bench_runs_every_path_and_counts_every_event(tmp_path) -> None:
         assert row["acknowledged"] + row["refused"] == row["requests"], row
         assert row["lost"] == 0 and row["refused_without_retry_after"] == 0, row
         assert row["stats_unique"] >= row["acked_stored"], row  # a request failed late may be stored
-    assert os.listdir(tmp_path) == []  # every temporary data directory removed
+    assert os.listdir(tmp_base) == []  # every temporary data directory removed

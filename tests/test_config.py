@@ -85,6 +85,24 @@ def test_agg_run_prints_one_line_for_a_bad_config(tmp_path) -> None:
     assert "http.port" in lines[0] and "Traceback" not in out.stderr
 
 
+def test_a_socket_path_too_long_is_named_before_anything_starts(tmp_path) -> None:
+    """A deep data directory makes ipc:// paths longer than a Unix socket takes:
+    said per endpoint in one line each, not as a child's traceback."""
+    deep = tmp_path / ("d" * 100)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
+    out = subprocess.run([sys.executable, "-m", "agg", "run", "--data-dir", str(deep)],
+                         capture_output=True, text=True, env=env, timeout=30, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith("agg: config error: endpoints.worker: the socket path ") and "run_dir" in lines[0]
+    assert {line.split(":")[2].strip() for line in lines} == {
+        "endpoints.worker", "endpoints.stats_in", "endpoints.stats", "endpoints.control", "endpoints.ctl"}
+    assert not deep.exists()  # nothing was made
+    # A short run_dir beside the deep data directory is enough.
+    ok = agg_config("check", "--data-dir", str(deep), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+
+
 def agg_config(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGG_")}
     environ.update(env or {})

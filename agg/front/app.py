@@ -76,12 +76,13 @@ class Health:
             return
         workers = summary["workers"]
         missing = [f"worker {i}" for i, w in workers.items() if not w["alive"]]
-        missing += [f"{peer.name} (not connected to the front)" for peer in self.backends.pool.peers
-                    if not peer.connected and peer.name not in missing]
+        # A worker the front has no connection to is missing too, whatever the stats process saw.
+        unreachable = [peer.name for peer in self.backends.pool.peers if not peer.connected]
+        missing += [name for name in unreachable if name not in missing]
         storage = {f"worker {i}": w["storage_error"] for i, w in workers.items() if w.get("storage_error")}
         if missing or storage:
             resp.status = falcon.HTTP_503
-            json_response(resp, {"status": "unhealthy", "missing": missing,
+            json_response(resp, {"status": "unhealthy", "missing": missing, "unreachable": unreachable,
                                  "storage_errors": storage, "workers": workers})
         else:
             json_response(resp, {"status": "healthy", "workers": workers})

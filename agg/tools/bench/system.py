@@ -74,7 +74,10 @@ class System:
         self.endpoints: Dict[str, Any] = {}
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"agg exited with status {self.proc.returncode}; see {base}/agg.log")
+                self.log.close()
+                with open(os.path.join(base, "agg.log"), "rb") as fh:  # the directory may not outlive us
+                    said = fh.read()[-2000:].decode("utf-8", "replace").strip()
+                raise RuntimeError(f"agg exited with status {self.proc.returncode}; its log ends:\n{said}")
             try:
                 with open(os.path.join(self.run_dir, "endpoints.json")) as fh:
                     info = json.load(fh)
