@@ -4,6 +4,7 @@ given up is not begun, and a busy worker is never taken for a stalled one."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import threading
@@ -15,6 +16,24 @@ from conftest import AggSystem, RawClient, make_event, topic_of_worker, wait_unt
 
 def batch(req_id: int, events: list) -> list:
     return protocol.encode(protocol.BATCH, [req_id, events])
+
+
+def refused_from_its_head(system: AggSystem, length: int) -> bool:
+    """A publish whose head says ``length`` bytes, and whose body never comes,
+    is answered 503 with Retry-After."""
+    host, port = system.url.split("//")[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("POST", "/publish")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        resp = conn.getresponse()
+        resp.read()
+        assert (resp.status, resp.getheader("Retry-After")) == (503, "1"), resp.status
+        return True
+    finally:
+        conn.close()
 
 
 def test_a_worker_given_all_it_can_hold_gets_no_more_over_http_or_natively(agg_factory) -> None:
@@ -48,6 +67,9 @@ def test_a_worker_given_all_it_can_hold_gets_no_more_over_http_or_natively(agg_f
         assert time.monotonic() - start < 5.0
         status, _, body = system.post("/publish", make_event(topic=topic_of_worker(1), event_id="other"))
         assert status == 200 and body["stored"] == 1
+        # A batch would reach worker 0 too: refused from its head, though worker 1 has room,
+        # not read and decoded first (and refused then, or left to time out).
+        assert refused_from_its_head(system, 20_000)
     finally:
         os.kill(pid, signal.SIGCONT)
     held.join(60)

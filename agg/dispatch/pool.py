@@ -23,6 +23,10 @@ from .peer import Peer, PeerError, Unavailable
 from .window import Window
 
 
+# A request of this many events per worker or more is taken to reach every worker.
+SPREAD = 4
+
+
 class Overloaded(Exception):
     """Too much is in flight already; the caller should retry later."""
 
@@ -71,11 +75,20 @@ class WorkerPool:
         return owner_of(partition, len(self.peers))
 
     def refusal(self, events: int, size: int) -> Optional[str]:
-        """Why no worker has room for its share of a request of about ``events``
-        events and ``size`` bytes whose workers are not known yet, or None."""
-        share, share_size = -(-events // len(self.peers)), -(-size // len(self.peers))
+        """Why the workers have no room for a request of about ``events`` events
+        and ``size`` bytes whose workers are not known yet, or None. A request of
+        a few events may go to one worker only, so it is refused only when none
+        has room for its share. A larger one goes to every worker (its events
+        spread over the partitions), and is refused when any has no room: past
+        its body, it would be refused anyway, after the front had read and
+        decoded it for nothing (under overload, the most of the front's time)."""
+        workers = len(self.peers)
+        share, share_size = -(-events // workers), -(-size // workers)
         reasons = [peer.window.refusal(share, share_size) for peer in self.peers]
-        return reasons[0] if all(reasons) else None
+        refused = [reason for reason in reasons if reason]
+        if len(refused) == workers or (refused and events >= SPREAD * workers):
+            return refused[0]
+        return None
 
     def reserve(self, events: int, size: int) -> Reservation:
         """Room for such a request (its body is unread): a share of it in every
