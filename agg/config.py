@@ -64,14 +64,14 @@ class Http:
         512, "POST /publish requests the front holds at once (read, checked or awaiting commit); "
              "past it: 503 before the body is read", minimum=1)
     header_timeout_s: float = setting(
-        10.0, "a connection that has not begun a request (its head and the first bytes of its body) "
-              "this long after it opened, or after its last answer, is closed", minimum=0.1)
+        10.0, "a connection that has not sent a request's head this long after it opened, or "
+              "after its last answer, is closed", minimum=0.1)
     metrics_max_topics: int = setting(
         50, "topics GET /metrics labels one by one, the most received first; the others are summed "
             "under topic=\"__other__\" (a publisher chooses topics: this bounds the series)", minimum=0)
     body_timeout_s: float = setting(
-        5.0, "a POST /publish body not complete this long after its head gets 408, and its "
-             "connection is closed", minimum=0.1)
+        5.0, "a request body not complete this long after its head (or, once begun, after its "
+             "first bytes) gets 408, and its connection is closed", minimum=0.1)
 
 
 @dataclasses.dataclass(frozen=True)

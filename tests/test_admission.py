@@ -172,24 +172,58 @@ def test_a_slow_body_gets_408_and_slow_clients_do_not_slow_a_publish(agg_factory
     took = time.monotonic() - start
     assert status == 200 and answer["stored"] == 1
     assert took < 1.0, took
+    headless = connect(system)
+    headless.sendall(post_head(len(body)))  # a head, and never a byte of its body
     for sock in slow:
         status, headers, answer = read_answer(sock)
         assert status == 408 and headers["connection"] == "close", answer
         assert "did not arrive within 1.5 s" in json.loads(answer)["description"]
         assert closed(sock)
         sock.close()
+    status, headers, answer = read_answer(headless)
+    assert status == 408 and headers["connection"] == "close", answer
+    assert "did not begin within 1.5 s" in json.loads(answer)["description"]
+    assert closed(headless)
+    headless.close()
     system.wait_stats(received=1, unique=1, duplicates=0)
-    wait_until(lambda: system.stats()["rejected_by_reason"].get("body_timeout") == 20,
+    wait_until(lambda: system.stats()["rejected_by_reason"].get("body_timeout") == 21,
                message="the 408s counted")
+    assert system.stats()["rejected"] == 21  # each once, and as nothing else
+
+
+def test_a_request_refused_from_its_head_is_owed_nothing_more(agg_factory) -> None:
+    """Refused at its head, a publish whose body never comes gets no second
+    answer (a 408 there would be read as the answer to the next request)."""
+    system: AggSystem = agg_factory(http_max_publishes=1, http_body_timeout_s=1.5)
+    held = connect(system)
+    body = body_of([make_event(event_id="held")])
+    held.sendall(post_head(len(body)) + body[:10])  # the front holds it, for 1.5 s
+
+    def refused() -> Optional[socket.socket]:
+        sock = connect(system)
+        sock.sendall(post_head(100_000))  # its body never comes
+        if read_answer(sock)[0] == 503:
+            return sock
+        sock.close()
+        return None
+    sock = wait_until(refused, message="a publish refused from its head")
+    sock.settimeout(3 * 1.5)
+    try:
+        extra = sock.recv(65536)  # the connection stays open, and says nothing more
+    except socket.timeout:
+        extra = None
+    assert extra is None, extra
+    sock.close()
+    assert read_answer(held)[0] == 408  # the held one's body did begin, and stopped
+    held.close()
 
 
 def test_a_connection_that_keeps_its_head_waiting_is_closed(agg_factory) -> None:
     system: AggSystem = agg_factory(http_header_timeout_s=1)
-    silent, trickling, headless = connect(system), connect(system), connect(system)
+    silent, trickling = connect(system), connect(system)
     trickling.sendall(b"POST /publish HTTP/1.1\r\nHost: ag")
-    headless.sendall(post_head(100))  # a head, and never a byte of its body
     start = time.monotonic()
-    for sock in (silent, trickling, headless):
+    for sock in (silent, trickling):
         assert closed(sock)
         sock.close()
     assert time.monotonic() - start < 15

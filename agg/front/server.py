@@ -1,11 +1,13 @@
 """The front's server: uvicorn serving ``create_app(config)`` on a socket bound here.
 
-Two bounds uvicorn does not keep on its own: a connection that has not begun
-a request (its head and the first bytes of its body) within
-``http.header_timeout_s`` of opening, or of its last answer (a client that
-trickles a head, or sends nothing), is closed by a sweep every second; and
-the app is told how many connections are open, so that past
-``http.max_connections`` it answers 503 and closes.
+Bounds uvicorn does not keep on its own, kept by a sweep every second: a
+connection that has not sent a request's head within ``http.header_timeout_s``
+of opening, or of its last answer (a client that trickles a head, or sends
+nothing), is closed; a request whose body has not begun within
+``http.body_timeout_s`` of its head gets 408 and is closed (once its body has
+begun, the publish route's own deadline covers the rest). The app is told how
+many connections are open, so that past ``http.max_connections`` it answers
+503 and closes.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import logging
 import math
 import signal
 import socket
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import asyncio
 import time
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -71,12 +74,13 @@ class JoinedWrites:
 
 
 class HeadTimedProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, remembering since when a connection owes the start
-    of a request: its head, and the first bytes of its body (Falcon begins a
-    request only with them), or its end if it has no body. Its responses leave
-    in one write each (``JoinedWrites``)."""
+    """uvicorn's HTTP protocol, remembering since when a connection owes the head
+    of a request, and since when a request's body has not begun (Falcon's own
+    deadline starts with its first bytes, and covers the rest). Its responses
+    leave in one write each (``JoinedWrites``)."""
 
     head_since: Optional[float] = None  # monotonic; None while a request is in hand
+    body_since: Optional[float] = None  # monotonic; None once its body has begun, or if it has none
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -84,16 +88,39 @@ class HeadTimedProtocol(HttpToolsProtocol):
         self.transport = JoinedWrites(self.transport)  # type: ignore[assignment]
         self.head_since = time.monotonic()
 
-    def on_body(self, body: bytes) -> None:
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
         self.head_since = None
+        self.body_since = time.monotonic()
+
+    def on_body(self, body: bytes) -> None:
+        self._begun()
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self.head_since = None
+        self._begun()
         super().on_message_complete()
+
+    def _begun(self) -> None:
+        # The rest of a body answered already (a 503 from its head) is dropped, and the
+        # connection owes its next head from that answer on, as the sweep already counts.
+        if self.cycle is None or not self.cycle.response_complete:
+            self.head_since = self.body_since = None
+
+    def time_out_body(self, seconds: float) -> None:
+        """408 and close: the body of the request in hand has not begun in time."""
+        body = orjson.dumps({"title": "Request timeout", "description": (
+            f"the body did not begin within {seconds:g} s of the request's head; nothing was stored")})
+        if self.cycle is not None:
+            self.cycle.response_complete = True  # the app's answer, if it makes one, is not sent
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # a next request whose head is here already
+        if not pipelined:
+            self.body_since = None  # answered: a body that never comes is owed no 408
         super().on_response_complete()
         if not pipelined:
             self.head_since = time.monotonic()
@@ -103,10 +130,12 @@ class Server(uvicorn.Server):
     """uvicorn's server, announcing READY once listening, stopping on our signals,
     and closing connections that keep a request head waiting."""
 
-    def __init__(self, config: uvicorn.Config, agg_config: Config, endpoint: str) -> None:
+    def __init__(self, config: uvicorn.Config, agg_config: Config, endpoint: str,
+                 reject: Callable[[str], None]) -> None:
         super().__init__(config)
         self.agg_config = agg_config
         self.endpoint = endpoint
+        self.reject = reject
         self.sweeper: Optional["asyncio.Task[None]"] = None
 
     async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
@@ -122,14 +151,21 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
     async def _sweep(self) -> None:
-        timeout = self.agg_config.http.header_timeout_s
+        http = self.agg_config.http
+        head_timeout, body_timeout = http.header_timeout_s, http.body_timeout_s
         while True:
-            await asyncio.sleep(min(1.0, timeout / 2))
+            await asyncio.sleep(min(1.0, head_timeout / 2, body_timeout / 2))
             now = time.monotonic()
             for connection in list(self.server_state.connections):
-                since = getattr(connection, "head_since", None)
-                if since is not None and now - since > timeout and not connection.transport.is_closing():
+                if connection.transport.is_closing():
+                    continue
+                head = getattr(connection, "head_since", None)
+                body = getattr(connection, "body_since", None)
+                if head is not None and now - head > head_timeout:
                     connection.transport.close()
+                elif body is not None and now - body > body_timeout and isinstance(connection, HeadTimedProtocol):
+                    self.reject("body_timeout")
+                    connection.time_out_body(body_timeout)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -189,7 +225,7 @@ def run(config: Config) -> int:
         # Nothing here reads the client's address, so no per-request X-Forwarded-For pass.
         proxy_headers=False,
         http=HeadTimedProtocol)
-    server = Server(uv_config, config, endpoint)
+    server = Server(uv_config, config, endpoint, backends.reject)
     server.run(sockets=[sock])
     log.info("stopped")
     return 0
