@@ -14,7 +14,7 @@ import re
 import signal
 import sqlite3
 import textwrap
-from typing import List, Set, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 import msgpack
 
@@ -29,6 +29,20 @@ POISON = ("CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.event_id GLOB 
 
 def batch_frames(req_id: int, events: list) -> List[bytes]:
     return [protocol.VERSION, protocol.BATCH, msgpack.packb([req_id, events])]
+
+
+def native(raw: RawClient, req_id: int, events: list) -> Tuple[bytes, Any]:
+    """(kind, body) of the answer to a BATCH of ``events``, resent as a publisher
+    would while the ingest is not connected to a worker yet (just after a start
+    or a worker's restart: ERR unavailable, nothing acknowledged)."""
+    def answered() -> Optional[Tuple[bytes, Any]]:
+        answer = raw.ask(batch_frames(req_id, events), timeout=30)
+        assert answer is not None, "no answer"
+        kind, body = answer
+        if kind == protocol.ERR and body[1] == protocol.ERR_UNAVAILABLE and "connected" in body[2]:
+            return None
+        return answer
+    return wait_until(answered, 30, message="the ingest connected to the worker")
 
 
 def shard_rows(system: AggSystem, partition: int) -> Tuple[Set[Tuple[str, str]], dict]:
@@ -71,7 +85,7 @@ def test_a_commit_that_fails_is_never_acknowledged_nor_counted(agg: AggSystem) -
     assert headers["retry-after"] == "1" and "refused by the test" in body["description"], body
     raw = RawClient(agg.ingest)
     try:
-        kind, answer = raw.ask(batch_frames(9, batch), timeout=30) or (None, None)
+        kind, answer = native(raw, 9, batch)
         assert kind == protocol.ERR, (kind, answer)
         req_id, code, reason, _errors = answer
         assert (req_id, code) == (9, protocol.ERR_UNAVAILABLE) and "refused by the test" in reason
@@ -128,7 +142,7 @@ def test_keys_whose_hashes_collide_stay_apart_end_to_end(agg_factory, tmp_base) 
     assert status == 200 and (body["stored"], body["duplicates"]) == (60, 10), body
     raw = RawClient(system.ingest)
     try:
-        kind, (_id, statuses) = raw.ask(batch_frames(1, events[50:]), timeout=30)
+        kind, (_id, statuses) = native(raw, 1, events[50:])
         assert kind == protocol.OK and list(statuses) == [0] * 10 + [1] * 60
     finally:
         raw.close()
@@ -181,7 +195,7 @@ def test_rows_written_after_the_index_file_are_read_at_start(agg_factory) -> Non
     assert (body["stored"], body["duplicates"]) == (0, 50), body
     raw = RawClient(system.ingest)
     try:
-        kind, (_id, statuses) = raw.ask(batch_frames(1, second[50:] + first[:5]), timeout=30)
+        kind, (_id, statuses) = native(raw, 1, second[50:] + first[:5])
         assert kind == protocol.OK and list(statuses) == [0] * 50
     finally:
         raw.close()
@@ -197,7 +211,7 @@ def test_a_key_sent_over_http_is_a_duplicate_natively_and_back(agg: AggSystem) -
     assert agg.post("/publish", {"events": over_http})[2]["stored"] == 20
     raw = RawClient(agg.ingest)
     try:
-        kind, (_id, statuses) = raw.ask(batch_frames(1, over_http + natively), timeout=30)
+        kind, (_id, statuses) = native(raw, 1, over_http + natively)
         assert kind == protocol.OK and list(statuses) == [0] * 20 + [1] * 20
     finally:
         raw.close()
@@ -229,7 +243,7 @@ def test_a_restart_with_another_worker_count_keeps_dedup_and_every_counter(agg_f
         assert status == 200 and (body["stored"], body["duplicates"]) == (0, 200), body
         raw = RawClient(system.ingest)
         try:
-            kind, (_id, statuses) = raw.ask(batch_frames(1, events[200:stored + 150]), timeout=30)
+            kind, (_id, statuses) = native(raw, 1, events[200:stored + 150])
         finally:
             raw.close()
         assert kind == protocol.OK
