@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .dispatch import Reservation, WorkerPool
+from .dispatch import Overloaded, Reservation, WorkerPool
 
 # What a request's size says of its events, before any was measured.
 FIRST_BYTES_PER_EVENT = 200.0
@@ -75,22 +75,29 @@ class Admission:
 
     def refusal(self, size: int) -> Optional[str]:
         """Why a request of ``size`` bytes would be refused now, or None; takes nothing."""
-        if self.publishes >= self.max_requests:
-            return f"the {self.edge} holds {self.publishes} requests already"
-        if self.bytes and self.bytes + size > self.max_bytes:
-            return f"the {self.edge} holds {self.bytes} bytes of requests already"
-        return self.pool.refusal(self.events_in(size), size)
+        return self._held_refusal(size) or self.pool.refusal(self.events_in(size), size)
 
     def admit(self, size: Optional[int]) -> Ticket:
         """Hold room for a request of ``size`` bytes (None: not known yet), or Refused."""
         size = size or 0
-        reason = self.refusal(size)
+        reason = self._held_refusal(size)
         if reason is not None:
             raise Refused(reason)
-        reservation = self.pool.reserve(self.events_in(size), size)
+        try:
+            reservation = self.pool.reserve(self.events_in(size), size)
+        except Overloaded as exc:
+            raise Refused(str(exc)) from None
         self.publishes += 1
         self.bytes += size
         return Ticket(self, size, reservation)
+
+    def _held_refusal(self, size: int) -> Optional[str]:
+        """Why the edge's own bounds (requests, bytes held) refuse ``size`` more bytes, or None."""
+        if self.publishes >= self.max_requests:
+            return f"the {self.edge} holds {self.publishes} requests already"
+        if self.bytes and self.bytes + size > self.max_bytes:
+            return f"the {self.edge} holds {self.bytes} bytes of requests already"
+        return None
 
     def events_in(self, size: int) -> int:
         """About how many events a body of ``size`` bytes holds."""

@@ -82,22 +82,23 @@ class WorkerPool:
         spread over the partitions), and is refused when any has no room: past
         its body, it would be refused anyway, after the front had read and
         decoded it for nothing (under overload, the most of the front's time)."""
-        workers = len(self.peers)
-        share, share_size = -(-events // workers), -(-size // workers)
-        reasons = [peer.window.refusal(share, share_size) for peer in self.peers]
-        refused = [reason for reason in reasons if reason]
-        if len(refused) == workers or (refused and events >= SPREAD * workers):
+        share, share_size = self._share(events, size)
+        refused = [reason for reason in (peer.window.refusal(share, share_size) for peer in self.peers) if reason]
+        if len(refused) == len(self.peers) or (refused and events >= SPREAD * len(self.peers)):
             return refused[0]
         return None
 
     def reserve(self, events: int, size: int) -> Reservation:
-        """Room for such a request (its body is unread): a share of it in every
-        window, or ``Overloaded`` if no worker has room for its share."""
+        """Room for such a request (its body is unread): its share in every
+        window, or ``Overloaded`` (see ``refusal``)."""
         reason = self.refusal(events, size)
         if reason is not None:
             raise Overloaded(reason)
-        return Reservation([peer.window for peer in self.peers], -(-events // len(self.peers)),
-                           -(-size // len(self.peers)))
+        return Reservation([peer.window for peer in self.peers], *self._share(events, size))
+
+    def _share(self, events: int, size: int) -> Tuple[int, int]:
+        """Each worker's part of a request whose workers are not known: (events, bytes), rounded up."""
+        return -(-events // len(self.peers)), -(-size // len(self.peers))
 
     async def store(self, events: Sequence[Event], size: int) -> bytes:
         """Commit ``events`` (about ``size`` bytes in all); return one status byte

@@ -45,6 +45,11 @@ def unavailable(reason: str, retry_after: int, close: bool = False) -> falcon.HT
         headers={"Connection": "close"} if close else None)
 
 
+def too_large(length: int, limit: int) -> str:
+    """What a 413 for a declared ``Content-Length`` says."""
+    return f"the body is {length} bytes; the limit is {limit}"
+
+
 def json_response(resp: falcon.asgi.Response, body: Any) -> None:
     resp.data = orjson.dumps(body)
     resp.content_type = falcon.MEDIA_JSON
@@ -77,6 +82,13 @@ class Backends:
         self.stats.close()
         assert self.ctx is not None
         self.ctx.term()
+
+    def over_connections(self) -> Optional[str]:
+        """Why a request is refused (503, and its connection closed) for the
+        number of connections open, or None."""
+        if self.connections() > self.max_connections:
+            return f"the front has over {self.max_connections} connections"
+        return None
 
     def reject(self, reason: str) -> None:
         self.reporter.reject(reason)

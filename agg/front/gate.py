@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 import orjson
 
 from .auth import bearer_matches
-from .backends import NOTHING_ACKNOWLEDGED, Backends
+from .backends import NOTHING_ACKNOWLEDGED, Backends, too_large
 
 Scope = Dict[str, Any]
 UNAVAILABLE = "Service unavailable"
@@ -80,9 +80,9 @@ class Gate:
             return None
         if length > self.max_body:
             backends.reject("too_large")
-            return 413, "Body too large", f"the body is {length} bytes; the limit is {self.max_body}", True
-        if backends.connections() > backends.max_connections:
-            return (503, UNAVAILABLE, f"the front has over {backends.max_connections} connections"
-                    + NOTHING_ACKNOWLEDGED, True)
+            return 413, "Body too large", too_large(length, self.max_body), True
+        crowded = backends.over_connections()
+        if crowded is not None:
+            return 503, UNAVAILABLE, crowded + NOTHING_ACKNOWLEDGED, True
         reason = admission.refusal(length)
         return None if reason is None else (503, UNAVAILABLE, reason + NOTHING_ACKNOWLEDGED, False)

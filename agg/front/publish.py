@@ -22,7 +22,7 @@ from ..events import FastJsonDecoder, InvalidEvents, Limits, events_of_body, val
 from ..protocol import Event
 from ..admission import Refused, Ticket
 from .auth import PUBLISH
-from .backends import Backends, InvalidRequest, json_response, unavailable
+from .backends import Backends, InvalidRequest, json_response, too_large, unavailable
 
 HTTPContentTooLarge = getattr(falcon, "HTTPContentTooLarge", None) or falcon.HTTPPayloadTooLarge
 
@@ -80,12 +80,11 @@ class Publish:
         length: Optional[int] = req.content_length
         if length is not None and length > self.max_body:
             self.backends.reject("too_large")
-            raise HTTPContentTooLarge(title="Body too large", description=(
-                f"the body is {length} bytes; the limit is {self.max_body}"))
+            raise HTTPContentTooLarge(title="Body too large", description=too_large(length, self.max_body))
         backends = self.backends
-        if backends.connections() > backends.max_connections:
-            raise unavailable(f"the front has over {backends.max_connections} connections", self.retry_after,
-                              close=True)
+        crowded = backends.over_connections()
+        if crowded is not None:
+            raise unavailable(crowded, self.retry_after, close=True)
         try:
             ticket = backends.admission.admit(length)
         except Refused as exc:

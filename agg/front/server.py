@@ -157,13 +157,12 @@ class Server(uvicorn.Server):
             await asyncio.sleep(min(1.0, head_timeout / 2, body_timeout / 2))
             now = time.monotonic()
             for connection in list(self.server_state.connections):
-                if connection.transport.is_closing():
+                if not isinstance(connection, HeadTimedProtocol) or connection.transport.is_closing():
                     continue
-                head = getattr(connection, "head_since", None)
-                body = getattr(connection, "body_since", None)
+                head, body = connection.head_since, connection.body_since
                 if head is not None and now - head > head_timeout:
                     connection.transport.close()
-                elif body is not None and now - body > body_timeout and isinstance(connection, HeadTimedProtocol):
+                elif body is not None and now - body > body_timeout:
                     self.reject("body_timeout")
                     connection.time_out_body(body_timeout)
 
