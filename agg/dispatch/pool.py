@@ -18,7 +18,8 @@ from .. import protocol
 from ..config import Config
 from ..ledger import Split
 from ..partition import PartitionCache, owner_of
-from ..protocol import Event, Query, StoredRow, processing_order
+from ..protocol import Event, Query, StoredRow
+from .merge import merged_page
 from .peer import Peer, PeerError, Unavailable
 from .window import Window
 
@@ -138,10 +139,11 @@ class WorkerPool:
             asked = list(range(len(self.peers)))
         else:
             asked = [self.owner(self.partition_of(topic))]
-        query = Query(topic, position, limit)
-        results = await asyncio.gather(
-            *(self.peers[w].request(protocol.QUERY, query, self.timeout, List[StoredRow]) for w in asked))
-        rows = sorted((row for result in results for row in result), key=processing_order)[:limit]
+
+        async def fetch(w: int, after: Dict[int, int], count: int) -> List[StoredRow]:
+            return await self.peers[w].request(protocol.QUERY, Query(topic, after, count), self.timeout,
+                                               List[StoredRow])
+        rows = await merged_page(fetch, asked, position, limit)
         after = dict(position)
         for row in rows:
             after[row.partition] = row.seq
