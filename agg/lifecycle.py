@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -150,7 +151,14 @@ class StopFlag:
 
 def announce_ready(config: Config, role: str, index: int = 0,
                    endpoint: Optional[str] = None, ctx: Optional[zmq.Context] = None) -> None:
-    """Send READY to the supervisor's control socket, if there is a supervisor."""
+    """Send READY to the supervisor's control socket, if there is a supervisor.
+
+    Ready is also where the child's startup ends: what it built (modules,
+    classes, its sockets' objects) lives as long as it does, so it is frozen
+    out of the collector's reach. Each full collection would walk it again,
+    a pause of tens of ms in the loop that answers refusals.
+    """
+    gc.freeze()
     if not supervised():
         return
     ctx = ctx or zmq.Context.instance()
