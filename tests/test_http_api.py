@@ -139,6 +139,29 @@ def test_malformed_bodies_get_422_json(refusing_agg: AggSystem, raw, words) -> N
     assert refusing_agg.expect_rejections(1)["received"] == 0 and events_of(refusing_agg) == []
 
 
+def test_a_page_larger_than_a_workers_slice_is_merged_in_processing_order(agg: AggSystem) -> None:
+    """Pages of 2,500 are merged from the workers' rows 1,000 at a time
+    (agg.dispatch.merge), three quarters of them from worker 0: each round of
+    publishes still comes after the one before, every event once."""
+    zero, one = topic_of_worker(0), topic_of_worker(1)
+    sent = []
+    for round_ in range(12):
+        batch = [make_event(topic=zero if i % 4 else one, event_id=f"{round_}-{i}") for i in range(400)]
+        assert agg.post("/publish", {"events": batch})[0] == 200
+        sent += [e["event_id"] for e in batch]
+    paged, cursor, pages = [], "", 0
+    while True:
+        status, _, body = agg.get(f"/events?limit=2500{'&cursor=' + cursor if cursor else ''}")
+        assert status == 200
+        paged += [e["event_id"] for e in body["events"]]
+        cursor, pages = body["next_cursor"], pages + 1
+        if not body["has_more"]:
+            break
+    assert pages == 2 and sorted(paged) == sorted(sent) and len(paged) == len(sent)
+    rounds = [int(event_id.split("-")[0]) for event_id in paged]
+    assert rounds == sorted(rounds)
+
+
 def test_size_limits(agg_factory) -> None:
     system = agg_factory(limits_max_body_bytes=2000, limits_max_batch_events=5)
     status, _, answer = system.post("/publish", raw=b"{" + b" " * 3000 + b"}")

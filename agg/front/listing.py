@@ -37,6 +37,11 @@ def events_json(rows: List[StoredRow]) -> bytes:
     return orjson.dumps([event_json(r) for r in rows])[1:-1]
 
 
+async def _each(pieces: List[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
 class Listing:
     scope = READ
 
@@ -63,16 +68,20 @@ class Listing:
             resp.stream = self._stream(topic, position)
             return
         rows, after = await self.page(topic, position, limit)
-        # Encoded a slice per turn of the loop, as the rows were fetched (agg.dispatch.merge).
-        events = []
+        # Encoded a slice per turn of the loop, as the rows were fetched (agg.dispatch.merge),
+        # and sent as those pieces: joined, a page of 10 MB is copied twice into fresh memory,
+        # 20-80 ms of one turn.
+        pieces = [b'{"count":%d,"events":[' % len(rows)]
         for start in range(0, len(rows), ENCODE_SLICE):
             if start:
                 await asyncio.sleep(0)
-            events.append(events_json(rows[start:start + ENCODE_SLICE]))
-        resp.data = (b'{"count":%d,"events":[%s],"next_cursor":%s,"has_more":%s}'
-                     % (len(rows), b",".join(events), orjson.dumps(encode_cursor(after)),
-                        b"true" if len(rows) == limit else b"false"))
+                pieces.append(b",")
+            pieces.append(events_json(rows[start:start + ENCODE_SLICE]))
+        pieces.append(b'],"next_cursor":%s,"has_more":%s}' % (
+            orjson.dumps(encode_cursor(after)), b"true" if len(rows) == limit else b"false"))
         resp.content_type = falcon.MEDIA_JSON
+        resp.content_length = sum(map(len, pieces))
+        resp.stream = _each(pieces)
 
     async def page(self, topic: Optional[str], position: Dict[int, int], limit: int) -> Any:
         try:
