@@ -125,6 +125,10 @@ class Limits:
     max_reading_bytes: int = setting(
         64 * MIB, "most bytes of request bodies (or native batches) an edge holds at once, being "
                   "read, checked or awaiting commit; past it: 503 before a body is read", minimum=1)
+    max_lag_s: float = setting(
+        0.02, "while an edge holds a publish, the most its event loop may run behind (it is "
+              "saturated), or have ahead in batches to decode; past it: 503 (ERR overload) at once",
+        minimum=0.001)
     ack_timeout_s: float = setting(
         10.0, "how long the front waits for a worker's commit before answering 503", minimum=0.01)
     stall_s: float = setting(

@@ -37,6 +37,7 @@ import zmq.asyncio
 from . import config as configmod
 from . import lifecycle, protocol
 from .admission import Admission, Refused, Ticket
+from .looplag import LoopLag
 from .config import Config
 from .dispatch import Overloaded, Unavailable, WorkerPool
 from .edgereport import EdgeReporter
@@ -90,8 +91,9 @@ class Ingest:
         self.router.bind(config.ingest.endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pool = WorkerPool(self.ctx, config)
+        self.lag = LoopLag("ingest", config.limits.max_lag_s)
         self.admission = Admission("ingest", self.pool, config.ingest.max_batches,
-                                   config.limits.max_reading_bytes)
+                                   config.limits.max_reading_bytes, self.lag)
         self.retry_after = config.limits.retry_after_s
         self.reporter = EdgeReporter(self.ctx, config, "ingest", self.pool.inflight)
         self.tasks: Set[asyncio.Task] = set()
@@ -173,7 +175,7 @@ class Ingest:
             async for frames in adrain(self.router):
                 rid, rest = frames[0], frames[1:]
                 try:
-                    ticket = self.admission.admit(sum(map(len, rest)))
+                    ticket = self.admission.admit(sum(map(len, rest)), whole=True)
                 except Refused as exc:
                     body = rest[2] if len(rest) == 3 else b""
                     await self.reply(rid, self.refusal(protocol.request_id(body), protocol.ERR_OVERLOAD, str(exc)))
@@ -185,6 +187,7 @@ class Ingest:
             await asyncio.wait(self.tasks, timeout=self.config.supervisor.grace_s)
 
     def close(self) -> None:
+        self.lag.close()
         self.reporter.close()
         self.pool.close()
         if self.auth is not None:

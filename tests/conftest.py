@@ -293,6 +293,49 @@ class AggSystem:
         return self.proc.returncode
 
 
+def hook_env(tmp_base: str, source: str) -> Dict[str, str]:
+    """The environment under which every process of a spawned agg runs ``source``
+    as it starts (its ``sitecustomize``): a test's hook into the real processes."""
+    hook = os.path.join(tmp_base, "hook")
+    os.makedirs(hook)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
+        fh.write(source)
+    return {"PYTHONPATH": hook}
+
+
+# Test hook: the event loop of one edge (the LoopLag named ROLE) is kept busy
+# 50 ms at a time, with a millisecond free between, as a saturated one is.
+BUSY_LOOP = """\
+import time
+
+import agg.looplag as looplag
+
+ROLE = %r
+_init = looplag.LoopLag.__init__
+
+
+def _busy(loop):
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:
+        pass
+    loop.call_later(0.001, _busy, loop)
+
+
+def __init__(self, name, limit_s):
+    _init(self, name, limit_s)
+    if name == ROLE:
+        self.loop.call_soon(_busy, self.loop)
+
+
+looplag.LoopLag.__init__ = __init__
+"""
+
+
+def busy_loop_env(tmp_base: str, role: str) -> Dict[str, str]:
+    """The environment under which ``role``'s loop (front, ingest) is saturated."""
+    return hook_env(tmp_base, BUSY_LOOP % role)
+
+
 @pytest.fixture
 def tmp_base() -> Iterator[str]:
     """A short temporary directory (ipc:// paths must stay under ~100 bytes)."""

@@ -21,7 +21,7 @@ import msgpack
 from agg import protocol
 from agg.partition import partition_of, shard_path
 from agg.storage import indexfile
-from conftest import AggSystem, RawClient, make_event, topic_in, wait_until
+from conftest import AggSystem, RawClient, hook_env, make_event, topic_in, wait_until
 
 POISON = ("CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.event_id GLOB 'poison*'"
           " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
@@ -130,11 +130,7 @@ def test_keys_whose_hashes_collide_stay_apart_end_to_end(agg_factory, tmp_base) 
     the comparison of the keys behind the hits tells a new event from a
     duplicate. Over HTTP and natively, before and after a restart (the index
     read back from its file, and rebuilt from the rows)."""
-    hook = os.path.join(tmp_base, "hook")
-    os.makedirs(hook)
-    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
-        fh.write(COLLIDE)
-    env = {"PYTHONPATH": hook}
+    env = hook_env(tmp_base, COLLIDE)
     system: AggSystem = agg_factory(env=env, storage_index_save_rows=50)
     topic = topic_in(0)
     events = [make_event(topic=topic, event_id=f"c-{i}") for i in range(120)]
@@ -282,12 +278,9 @@ def test_shards_commit_with_the_configured_synchronous(agg_factory, tmp_base) ->
     it is read on the worker's own connections (a hook in every process). The
     default, GROUP, commits as NORMAL and flushes the WAL files before the
     answer (tests/test_durability.py); FULL has SQLite flush at each commit."""
-    hook = os.path.join(tmp_base, "hook")
-    os.makedirs(hook)
-    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
-        fh.write(SYNCHRONOUS)
+    env = hook_env(tmp_base, SYNCHRONOUS)
     for settings, level in (({}, 1), ({"storage_synchronous": "FULL"}, 2)):
-        system: AggSystem = agg_factory(env={"PYTHONPATH": hook}, **settings)
+        system: AggSystem = agg_factory(env=env, **settings)
         with open(system.log_path) as fh:
             seen = dict(re.findall(r"test hook: (\S+) (synchronous=\d)", fh.read()))
         assert sorted(seen) == sorted(shard_path(system.data_dir, p) for p in range(8)), seen

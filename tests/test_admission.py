@@ -1,5 +1,6 @@
 """The front bounds what it takes in before it reads a body: requests held,
-body bytes held, connections, and how long a head or a body may take.
+body bytes held, connections, how late its loop runs, and how long a head or
+a body may take.
 Past a bound a publisher hears 503 with Retry-After at once (or 408 for a
 body too slow), and nothing is reset without an answer."""
 
@@ -12,7 +13,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
-from conftest import AggSystem, http_request, make_event, wait_until
+from conftest import AggSystem, busy_loop_env, http_request, make_event, wait_until
 
 
 def connect(system: AggSystem) -> socket.socket:
@@ -117,6 +118,37 @@ def test_past_its_byte_bound_the_front_says_503_before_reading_a_body(agg_factor
     # The bytes are given back: a body of the same size is taken again.
     assert http_request(system.url + "/publish", "POST", raw=body.replace(b"bytes-", b"again-"))[0] == 200
     system.wait_stats(received=200, unique=200, duplicates=0)
+
+
+def test_a_front_whose_loop_runs_late_refuses_what_would_wait_behind(agg_factory, tmp_base) -> None:
+    """A hook keeps the front's event loop busy 50 ms a turn, as a saturated one
+    is. While it holds a publish, the next is refused from its head, saying how
+    late the loop runs (a 503 now, not after the turns ahead of it); a publish
+    first in line is taken: refusing it would shed nothing."""
+    system: AggSystem = agg_factory(env=busy_loop_env(tmp_base, "front"),
+                                    http_body_timeout_s=30, http_header_timeout_s=30)
+    body = body_of([make_event(event_id="held")])
+    held = connect(system)
+    held.sendall(post_head(len(body)) + body[:10])  # the front holds it, reading the rest
+
+    def refused() -> Optional[Tuple[int, Dict[str, str], bytes]]:
+        sock = connect(system)
+        try:
+            sock.sendall(post_head(len(body)))  # its body never comes: the head is enough
+            status, headers, answer = read_answer(sock)
+            return (status, headers, answer) if status == 503 else None
+        finally:
+            sock.close()
+    status, headers, answer = wait_until(refused, message="a publish behind the held one refused")
+    description = json.loads(answer)["description"]
+    assert headers["retry-after"] == "1" and "the front runs" in description and "ms behind" in description
+    held.sendall(body[10:])
+    assert read_answer(held)[0] == 200
+    held.close()
+    for i in range(3):  # one at a time, each first in line
+        status, _, answer = system.post("/publish", make_event(event_id=f"alone-{i}"))
+        assert status == 200, answer
+    system.wait_stats(received=4, unique=4, duplicates=0)
 
 
 def rss_mib(pid: int) -> float:

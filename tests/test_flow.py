@@ -11,7 +11,7 @@ import threading
 import time
 
 from agg import protocol
-from conftest import AggSystem, RawClient, make_event, topic_of_worker, wait_until
+from conftest import AggSystem, RawClient, busy_loop_env, hook_env, make_event, topic_of_worker, wait_until
 
 
 def batch(req_id: int, events: list) -> list:
@@ -100,6 +100,65 @@ def test_the_ingest_refuses_past_its_batches_at_once_with_the_request_id(agg_fac
     client.close()
 
 
+def test_the_ingest_refuses_batches_it_could_not_decode_in_time(agg_factory) -> None:
+    """Twenty batches of 2,000 events sent at once reach the ingest faster than
+    it decodes them: a refusal behind them all would wait for every decode
+    ahead. Past limits.max_lag_s of decoding ahead, a batch is refused at once,
+    saying so; every batch is answered, and the stored ones are all there."""
+    system: AggSystem = agg_factory(limits_stall_s=30, limits_ack_timeout_s=30)
+    client = RawClient(system.ingest)
+    frames = [batch(n, [make_event(topic=f"t{i % 8}", event_id=f"{n}-{i}") for i in range(2000)])
+              for n in range(1, 21)]
+    for message in frames:  # encoded first: sent as one burst
+        client.sock.send_multipart(message)
+    answers = {}
+    while len(answers) < len(frames):
+        assert client.sock.poll(30_000), f"{len(frames) - len(answers)} batches never answered"
+        kind, body = protocol.decode(client.sock.recv_multipart())
+        answers[body[0]] = (kind, body)
+    refusals = [body for kind, body in answers.values() if kind == protocol.ERR]
+    assert refusals, "every batch was taken"
+    assert all(code == protocol.ERR_OVERLOAD and "retry after 1 s" in reason
+               for _id, code, reason, _errors in refusals), refusals[:3]
+    assert any("events to decode before this request" in reason for _id, _c, reason, _e in refusals), refusals[:3]
+    stored = sum(1 for kind, _body in answers.values() if kind == protocol.OK)
+    assert stored >= 1
+    client.close()
+    system.wait_stats(received=2000 * stored, unique=2000 * stored, duplicates=0)
+
+
+def test_an_ingest_whose_loop_runs_late_refuses_what_would_wait_behind(agg_factory, tmp_base) -> None:
+    """A hook keeps the ingest's event loop busy 50 ms a turn, as a saturated
+    one is. While it holds a batch (for worker 0, stopped), the next is refused
+    at once, saying how late the loop runs; once nothing is held, a batch is
+    taken again."""
+    system: AggSystem = agg_factory(env=busy_loop_env(tmp_base, "ingest"), limits_stall_s=30,
+                                    limits_ack_timeout_s=30)
+    pid = system.child_pid("worker.0")
+    client = RawClient(system.ingest)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        client.sock.send_multipart(batch(1, [make_event(topic=topic_of_worker(0), event_id="held")]))
+        probes = iter(range(2, 1000))
+
+        def refused() -> object:
+            n = next(probes)
+            answer = client.ask(batch(n, [make_event(topic=topic_of_worker(1), event_id=f"p{n}")]), 10)
+            assert answer is not None, "a probe was not answered"
+            return answer if answer[0] == protocol.ERR else None
+        kind, (req_id, code, reason, _errors) = wait_until(refused, message="a batch behind the held one refused")
+        assert code == protocol.ERR_OVERLOAD and "the ingest runs" in reason and "ms behind" in reason, reason
+        assert "retry after 1 s" in reason
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.sock.poll(30_000), "the held batch was never answered"
+    kind, (req_id, _statuses) = protocol.decode(client.sock.recv_multipart())
+    assert (kind, req_id) == (protocol.OK, 1)
+    answer = client.ask(batch(5000, [make_event(topic=topic_of_worker(1), event_id="alone")]), 10)
+    assert answer is not None and answer[0] == protocol.OK, answer
+    client.close()
+
+
 def test_a_store_whose_sender_gave_up_is_not_begun(agg_factory) -> None:
     """The front gives up on a request after limits.ack_timeout_s; the worker,
     stopped meanwhile, finds its deadline passed when it comes back, and does
@@ -135,17 +194,14 @@ schema.PAGE = schema.PAGE.replace("WHERE seq > ?", "WHERE seq > ? AND (SELECT co
 
 def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, tmp_base) -> None:
     """Pages of 10,000 events of 1 KB take a worker (and the front) longer than
-    limits.stall_s to build; publishes beside them are never refused, and no
-    page is refused. A truly stopped worker is still found out: test_overload.
+    limits.stall_s to build; publishes beside them are never refused (for a
+    stall, or for a front's loop held late by a page), and no page is refused. A truly stopped worker is still found out: test_overload.
     stall_s is 0.3 s, not 0.1: a worker's pulse tells BUSY every quarter of it, and
     on a loaded machine one starved for 75 ms between two tells was taken for
     stalled; each page is checked to have taken longer than stall_s."""
     stall_s = 0.3  # main had 0.2 with the old pages; the pages here take over 1 s
-    hook = os.path.join(tmp_base, "hook")
-    os.makedirs(hook)
-    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
-        fh.write(SLOW_PAGES)
-    system: AggSystem = agg_factory(limits_stall_s=stall_s, env={"PYTHONPATH": hook})
+    env = hook_env(tmp_base, SLOW_PAGES)
+    system: AggSystem = agg_factory(limits_stall_s=stall_s, env=env)
     pad = "z" * 1000
     for b in range(6):
         events = [make_event(topic=f"t{i % 8}", event_id=f"p{b}-{i}", payload={"pad": pad}) for i in range(5000)]
@@ -157,16 +213,18 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, t
     failures: list = []
     stop = threading.Event()
 
-    def publish() -> None:
+    def publish(k: int) -> None:
         n = 0
         while not stop.is_set():
-            status, _, body = system.post("/publish", {"events": [make_event(topic=f"t{i}", event_id=f"b{n}-{i}")
-                                                                   for i in range(8)]})
+            status, _, body = system.post("/publish", {"events": [
+                make_event(topic=f"t{i}", event_id=f"b{k}-{n}-{i}") for i in range(8)]})
             if status != 200:
                 failures.append(("publish", status, body))
             n += 1
-    thread = threading.Thread(target=publish)
-    thread.start()
+    # Two publishers: one would always be first in line, and so never refused for a late loop.
+    threads = [threading.Thread(target=publish, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
     took: list = []
     try:
         for _ in range(4):
@@ -179,7 +237,8 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, t
                 assert body["count"] == 10000
     finally:
         stop.set()
-        thread.join(60)
+        for thread in threads:
+            thread.join(60)
     assert not failures, failures[:3]
     assert "has not answered" not in system.log_text()
     print(f"\npages took {min(took):.2f}-{max(took):.2f} s against stall_s {stall_s} s")

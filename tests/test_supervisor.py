@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import AggSystem, make_event, wait_until
+from conftest import AggSystem, hook_env, make_event, wait_until
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -224,13 +224,10 @@ def test_a_worker_rebuilding_its_key_index_may_take_longer_than_ready_timeout(ag
                        ((i, f"{p}-{i}") for i in range(1, rows_per_shard + 1)))
         db.commit()
         db.close()
-    hook = os.path.join(tmp_base, "hook")
-    os.makedirs(hook)
-    with open(os.path.join(hook, "sitecustomize.py"), "w") as fh:
-        fh.write(SLOW_REBUILD)
+    env = hook_env(tmp_base, SLOW_REBUILD)
     timeout = 4.0  # beats come every second; the other children must be READY within it too
     start = time.monotonic()
-    system: AggSystem = agg_factory(workers=1, supervisor_ready_timeout_s=timeout, env={"PYTHONPATH": hook})
+    system: AggSystem = agg_factory(workers=1, supervisor_ready_timeout_s=timeout, env=env)
     took = time.monotonic() - start
     with open(system.log_path) as fh:
         log = fh.read()

@@ -18,6 +18,7 @@ from ..config import Config
 from ..dispatch import Peer, PeerError, Unavailable, WorkerPool
 from ..edgereport import EdgeReporter
 from ..admission import Admission
+from ..looplag import LoopLag
 
 
 class InvalidRequest(falcon.HTTPUnprocessableEntity):
@@ -69,7 +70,9 @@ class Backends:
         self.ctx = zmq.asyncio.Context()
         self.pool = WorkerPool(self.ctx, self.config)
         http = self.config.http
-        self.admission = Admission("front", self.pool, http.max_publishes, self.config.limits.max_reading_bytes)
+        self.lag = LoopLag("front", self.config.limits.max_lag_s)
+        self.admission = Admission("front", self.pool, http.max_publishes, self.config.limits.max_reading_bytes,
+                                   self.lag)
         self.max_connections = http.max_connections
         self.pool.start()
         self.stats = Peer(self.ctx, self.config.endpoint("stats"), "stats")
@@ -77,6 +80,7 @@ class Backends:
         self.reporter = EdgeReporter(self.ctx, self.config, "front", self.pool.inflight)
 
     async def process_shutdown(self, scope: Any, event: Any) -> None:
+        self.lag.close()
         self.reporter.close()
         self.pool.close()
         self.stats.close()

@@ -113,7 +113,30 @@ def _native(endpoint: str, batch: int, part: int, rate: float, seconds: float, o
     start = time.monotonic()
     n = 0
     end = start + seconds
+    def answers() -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            req_id, ok, payload = protocol.split_reply(*protocol.decode(frames))
+            if req_id not in sent:  # an answer that names no request (an older agg's refusals)
+                out.append(("unmatched", 0.0, batch, 0, False))
+                continue
+            took = time.perf_counter() - sent.pop(req_id)
+            if ok:
+                out.append(("ok", took, batch, bytes(payload).count(protocol.STORED), False))
+            else:
+                # Natively, the Retry-After of a 503 is the error frame's "overload" code.
+                refused = payload[0] in (protocol.ERR_OVERLOAD, protocol.ERR_UNAVAILABLE)
+                out.append(("refused" if refused else "error", took, batch, 0, refused))
+
     while time.monotonic() < end or (sent and time.monotonic() < end + 30):
+        # Answers first, each time round: a load process that fell behind its schedule
+        # (this machine's two cores are shared with agg) would otherwise send its late
+        # batches first and read the answers waiting for it after them, and count its
+        # own delay as agg's.
+        answers()
         due = start + n * batch / rate
         now = time.monotonic()
         if now >= due and due - start < seconds:
@@ -124,23 +147,7 @@ def _native(endpoint: str, batch: int, part: int, rate: float, seconds: float, o
             n += 1
             continue
         wait = max(0.0, due - now) if due - start < seconds else 0.05
-        if sock.poll(max(1, int(wait * 1000))):
-            while True:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                req_id, ok, payload = protocol.split_reply(*protocol.decode(frames))
-                if req_id not in sent:  # an answer that names no request (an older agg's refusals)
-                    out.append(("unmatched", 0.0, batch, 0, False))
-                    continue
-                took = time.perf_counter() - sent.pop(req_id)
-                if ok:
-                    out.append(("ok", took, batch, bytes(payload).count(protocol.STORED), False))
-                else:
-                    # Natively, the Retry-After of a 503 is the error frame's "overload" code.
-                    refused = payload[0] in (protocol.ERR_OVERLOAD, protocol.ERR_UNAVAILABLE)
-                    out.append(("refused" if refused else "error", took, batch, 0, refused))
+        sock.poll(max(1, int(wait * 1000)))
     unmatched = sum(1 for r in out if r[0] == "unmatched")
     for _ in range(len(sent) - unmatched):  # those answered without their id are not lost
         out.append(("no_answer", seconds, batch, 0, False))
