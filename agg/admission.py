@@ -79,6 +79,8 @@ class Ticket:
     def release(self) -> None:
         self.read(0)
         self.admission.publishes -= 1
+        if not self.admission.publishes and self.admission.lag is not None:
+            self.admission.lag.stop()
         self.admission.bytes -= self.size
         self.size = 0
 
@@ -119,6 +121,8 @@ class Admission:
             reservation = self.pool.reserve(events, size)
         except Overloaded as exc:
             raise Refused(str(exc)) from None
+        if not self.publishes and self.lag is not None:
+            self.lag.start()
         self.publishes += 1
         self.bytes += size
         return Ticket(self, size, events if whole else 0, reservation)

@@ -187,7 +187,7 @@ class Ingest:
             await asyncio.wait(self.tasks, timeout=self.config.supervisor.grace_s)
 
     def close(self) -> None:
-        self.lag.close()
+        self.lag.stop()
         self.reporter.close()
         self.pool.close()
         if self.auth is not None:

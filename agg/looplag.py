@@ -23,13 +23,21 @@ INTERVAL_S = 0.005
 
 
 class LoopLag:
+    """Runs only while the edge holds a publish (``start``, ``stop``): only then
+    does it refuse by it, and an idle edge is not woken 200 times a second."""
+
     def __init__(self, name: str, limit_s: float) -> None:
         self.name = name
         self.limit_s = limit_s
         self.late = 0.0  # how late the timer's last run was, s
         self.loop = asyncio.get_running_loop()
-        self.due = self.loop.time() + INTERVAL_S
-        self.handle: Optional[asyncio.TimerHandle] = self.loop.call_at(self.due, self._tick)
+        self.due = 0.0
+        self.handle: Optional[asyncio.TimerHandle] = None
+
+    def start(self) -> None:
+        if self.handle is None:
+            self.due = self.loop.time() + INTERVAL_S
+            self.handle = self.loop.call_at(self.due, self._tick)
 
     def _tick(self) -> None:
         now = self.loop.time()
@@ -42,7 +50,8 @@ class LoopLag:
             return f"the {self.name} runs {self.late * 1000:.0f} ms behind the requests it holds"
         return None
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+        self.late = 0.0

@@ -80,7 +80,7 @@ class Backends:
         self.reporter = EdgeReporter(self.ctx, self.config, "front", self.pool.inflight)
 
     async def process_shutdown(self, scope: Any, event: Any) -> None:
-        self.lag.close()
+        self.lag.stop()
         self.reporter.close()
         self.pool.close()
         self.stats.close()
