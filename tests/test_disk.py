@@ -4,6 +4,7 @@ and agg recovers by itself when space returns. Uses a small tmpfs (needs root)."
 import glob
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -41,12 +42,15 @@ def test_full_disk_says_503_and_recovers_without_loss(agg_factory, small_disk) -
     assert any("full" in reason for reason in health["storage_errors"].values())
 
     subprocess.run(["mount", "-o", "remount,size=64m", small_disk], check=True)
+    freed = time.monotonic()
     # Health follows the truth with no traffic: the worker tries its failing shards when idle.
     wait_until(lambda: system.get("/health")[0] == 200, 10, message="healthy again, with no publish")
+    healthy = time.monotonic() - freed
     wait_until(lambda: system.post("/publish", {"events": batch})[0] == 200, 10, message="writes again")
     acked += [(e["topic"], e["event_id"]) for e in batch]
     stored = [(e["topic"], e["event_id"]) for e in system.get("/events")[2]["events"]]
-    print(f"\ndisk full after {len(acked) - len(batch)} events; {len(stored)} stored after recovery")
+    print(f"\ndisk full after {len(acked) - len(batch)} events; /health 200 {healthy:.2f} s after space "
+          f"returned; {len(stored)} stored after recovery")
     assert len(stored) == len(set(stored)) and set(stored) == set(acked)
     stats = system.stats()
     assert stats["received"] == stats["unique_processed"] + stats["duplicate_dropped"]
