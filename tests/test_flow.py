@@ -103,8 +103,10 @@ def test_the_ingest_refuses_past_its_batches_at_once_with_the_request_id(agg_fac
 def test_the_ingest_refuses_batches_it_could_not_decode_in_time(agg_factory) -> None:
     """Twenty batches of 2,000 events sent at once reach the ingest faster than
     it decodes them: a refusal behind them all would wait for every decode
-    ahead. Past limits.max_lag_s of decoding ahead, a batch is refused at once,
-    saying so; every batch is answered, and the stored ones are all there."""
+    ahead. Past limits.max_lag_s of decoding ahead (or of lateness, on a busy
+    machine: which rule answers first is the machine's; test_backlog has each
+    alone), a batch is refused at once, saying so; every batch is answered,
+    and the stored ones are all there."""
     system: AggSystem = agg_factory(limits_stall_s=30, limits_ack_timeout_s=30)
     client = RawClient(system.ingest)
     frames = [batch(n, [make_event(topic=f"t{i % 8}", event_id=f"{n}-{i}") for i in range(2000)])
@@ -120,7 +122,8 @@ def test_the_ingest_refuses_batches_it_could_not_decode_in_time(agg_factory) -> 
     assert refusals, "every batch was taken"
     assert all(code == protocol.ERR_OVERLOAD and "retry after 1 s" in reason
                for _id, code, reason, _errors in refusals), refusals[:3]
-    assert any("events to decode before this request" in reason for _id, _c, reason, _e in refusals), refusals[:3]
+    assert all("events to decode before this request" in reason or "ms behind" in reason
+               for _id, _c, reason, _e in refusals), refusals[:3]
     stored = sum(1 for kind, _body in answers.values() if kind == protocol.OK)
     assert stored >= 1
     client.close()
@@ -212,6 +215,8 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, t
         wait_until(lambda events=events: system.post("/publish", {"events": events})[0] == 200, 60,
                    message="the store filled")
     failures: list = []
+    late: list = []  # publishes refused for the front's late loop
+    published = [0]
     stop = threading.Event()
 
     def publish(k: int) -> None:
@@ -219,7 +224,13 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, t
         while not stop.is_set():
             status, _, body = system.post("/publish", {"events": [
                 make_event(topic=f"t{i}", event_id=f"b{k}-{n}-{i}") for i in range(8)]})
-            if status != 200:
+            published[0] += 1
+            if status == 503 and "ms behind" in body["description"]:
+                # A machine that leaves the front without a core for 20 ms while it holds the
+                # other publish looks like a saturated loop (seen with two CPU hogs beside the
+                # suite): a publisher resends after Retry-After. Pages alone must not cause it.
+                late.append(body["description"])
+            elif status != 200:
                 failures.append(("publish", status, body))
             n += 1
     # Two publishers: one would always be first in line, and so never refused for a late loop.
@@ -241,6 +252,8 @@ def test_large_pages_beside_publishes_are_never_taken_for_a_stall(agg_factory, t
         for thread in threads:
             thread.join(60)
     assert not failures, failures[:3]
+    assert len(late) <= max(2, published[0] // 50), (len(late), published[0], late[:3])
     assert "has not answered" not in system.log_text()
-    print(f"\npages took {min(took):.2f}-{max(took):.2f} s against stall_s {stall_s} s")
+    print(f"\npages took {min(took):.2f}-{max(took):.2f} s against stall_s {stall_s} s; "
+          f"{len(late)} of {published[0]} publishes refused for a late front")
     assert max(took) > stall_s, f"pages took {max(took):.2f} s at most: too fast to show anything"
